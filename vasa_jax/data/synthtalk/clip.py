@@ -64,7 +64,8 @@ def sample_factors(spec: ClipSpec) -> tuple[Identity, int, np.ndarray, dict]:
     speech = synthesize(stream(spec.identity, spec.seed, "speech"), spec.num_frames,
                         identity.f0, identity.formant_scale, identity.speech_rate, name)
     # Motion has its own stream: the same speech can come with many head motions.
-    motion = sample_motion(stream(spec.identity, spec.seed, "motion"), speech, name)
+    motion_seed = spec.seed if spec.motion_seed is None else spec.motion_seed
+    motion = sample_motion(stream(spec.identity, motion_seed, "motion"), speech, name)
     dist = motion["distance"]
     shift = motion["shift"]
     translation = np.stack([shift[:, 0] * FOCAL / dist, -shift[:, 1] * FOCAL / dist], -1)
@@ -111,10 +112,11 @@ def render_frames(identity: Identity, factors: dict, emotion: str | int, resolut
 
 
 def generate_clip(identity: int, seed: int, num_frames: int = 50, resolution: int = 128,
-                  emotion: str | int | None = None, supersample: int = 1) -> Clip:
+                  emotion: str | int | None = None, supersample: int = 1,
+                  motion_seed: int | None = None) -> Clip:
     """Generates one clip; the same arguments always give the same clip, bit for bit."""
     spec = ClipSpec(identity=identity, seed=seed, num_frames=num_frames, resolution=resolution,
-                    emotion=emotion, supersample=supersample)
+                    emotion=emotion, supersample=supersample, motion_seed=motion_seed)
     idn, emo, audio, factors = sample_factors(spec)
     frames = render_frames(idn, factors, emo, resolution, supersample)
     factors = {k: v for k, v in factors.items() if not k.startswith("_")}

@@ -64,6 +64,7 @@ class ClipSpec:
     num_frames: int = 50
     resolution: int = 128
     emotion: str | int | None = None  # None: drawn from the clip seed
+    motion_seed: int | None = None  # None: the clip seed; set it to vary motion, not speech
     supersample: int = 1  # render at s× and box-filter down (edges are already analytic-AA)
 
     def __post_init__(self):
@@ -73,6 +74,8 @@ class ClipSpec:
             int(self.num_frames) >= 1,
             f"num_frames={self.num_frames} must be a positive number of frames",
         )
+        check(self.motion_seed is None or int(self.motion_seed) >= 0,
+              f"motion_seed={self.motion_seed} must be >= 0")
         check_resolution(self.resolution)
         check(
             self.supersample in (1, 2, 3, 4),

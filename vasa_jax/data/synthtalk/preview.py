@@ -1,0 +1,76 @@
+"""Preview a SynthTalk clip: an mp4 with its audio and a contact-sheet PNG.
+
+    vasa-jax preview --out clip.mp4 --identity 3 --seed 0 --seconds 4 --resolution 256
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from vasa_jax.data import media
+from vasa_jax.data.synthtalk.clip import Clip, generate_clip
+from vasa_jax.data.synthtalk.spec import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from vasa_jax.errors import ConfigError, check
+
+
+def contact_sheet(clip: Clip, columns: int = 6, rows: int = 2) -> np.ndarray:
+    """A grid of evenly spaced frames, each labelled with its factors, over a plot of audio
+    energy against mouth opening for the whole clip. uint8 [H, W, 3]."""
+    t = clip.frames.shape[0]
+    r = clip.frames.shape[1]
+    picks = np.linspace(0, t - 1, columns * rows).round().astype(int)
+    label_h = 34
+    tile_h = r + label_h
+    width = columns * r
+    plot_h = 120
+    sheet = Image.new("RGB", (width, rows * tile_h + plot_h + 18), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    f = clip.factors
+    for k, i in enumerate(picks):
+        x, y = (k % columns) * r, (k // columns) * tile_h
+        sheet.paste(Image.fromarray(clip.frames[i]), (x, y))
+        yaw, pitch, roll = f["rotation"][i]
+        draw.text((x + 2, y + r + 1),
+                  f"#{i} y{yaw:+.0f} p{pitch:+.0f} r{roll:+.0f} d{f['distance'][i]:.1f}",
+                  fill=(0, 0, 0))
+        draw.text((x + 2, y + r + 12),
+                  f"g{f['gaze'][i][0]:+.0f},{f['gaze'][i][1]:+.0f} b{f['blink'][i]:.1f} "
+                  f"m{f['mouth'][i][0]:.2f}", fill=(0, 0, 0))
+    # Plot: per-frame audio RMS (blue) and mouth opening (red), each scaled to its maximum.
+    top = rows * tile_h + 14
+    rms = np.sqrt((clip.audio.reshape(t, SAMPLES_PER_FRAME) ** 2).mean(1))
+    for series, color in ((rms, (40, 80, 220)), (f["mouth"][:, 0], (220, 40, 40))):
+        s = series / max(float(series.max()), 1e-9)
+        xs = np.linspace(2, width - 3, t)
+        pts = [(float(xs[i]), float(top + plot_h - 4 - s[i] * (plot_h - 10))) for i in range(t)]
+        draw.line(pts, fill=color, width=1)
+    corr = float(np.corrcoef(rms, f["mouth"][:, 0])[0, 1]) if t > 2 else float("nan")
+    draw.text((2, top - 13), f"identity {clip.identity.id}, {clip.emotion_name}; audio energy "
+              f"(blue) vs mouth opening (red), r = {corr:.2f}", fill=(0, 0, 0))
+    return np.asarray(sheet)
+
+
+def write_preview(out: str | os.PathLike, identity: int = 3, seed: int = 0, seconds: float = 4.0,
+                  resolution: int = 256, emotion: str | None = None) -> tuple[Path, Path]:
+    """Generates a clip and writes OUT (mp4 with audio) and OUT with .png (contact sheet)."""
+    check(seconds > 0, f"seconds={seconds} must be positive")
+    out = Path(out)
+    check(out.suffix.lower() in (".mp4", ".mov", ".mkv"),
+          f"output {out} must end in .mp4, .mov or .mkv")
+    if not out.parent.exists():
+        raise ConfigError(f"output folder {out.parent} does not exist (create it first)")
+    num_frames = max(1, int(round(seconds * FPS)))
+    clip = generate_clip(identity=identity, seed=seed, num_frames=num_frames,
+                         resolution=resolution, emotion=emotion)
+    sheet_path = out.with_suffix(".png")
+    media.write_video(out, clip.frames, fps=FPS, audio=clip.audio, sample_rate=SAMPLE_RATE)
+    try:
+        media.write_png(sheet_path, contact_sheet(clip))
+    except BaseException:
+        out.unlink(missing_ok=True)  # no half-finished preview
+        raise
+    return out, sheet_path
