@@ -32,7 +32,7 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
     return np.asarray(colorsys.hsv_to_rgb(h % 1.0, s, v), np.float32)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # numpy fields: compare factor_vector()
 class Identity:
     """Appearance and voice of one SynthTalk person (all lengths in head units)."""
 

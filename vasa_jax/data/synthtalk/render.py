@@ -300,7 +300,8 @@ class Renderer:
             lower = -el * para
             upper = lower + (eh + el) * openness * para
             f_eye = np.maximum(dv - upper, lower - dv)
-            eye = _coverage(f_eye * ry) * front
+            # A lid gap thinner than a pixel must fade out, not leave half a pixel of eyeball.
+            eye = _coverage(f_eye * ry) * front * min(1.0, openness / 0.15)
             # Eyeball centre: behind the surface point at the eye centre.
             sx, sy = cx * rx, cy * ry
             sz = rz * np.sqrt(max(1 - cx * cx - cy * cy, 0.05))
@@ -374,3 +375,32 @@ class Renderer:
             f_glass = np.minimum(np.minimum(f_glass, bridge), np.where(zn > -0.3, arms, 1.0))
             color = _mix(color, idn.accessory_color, _coverage(f_glass * ry) * np.clip(zn + 0.3, 0, 1) / 1.0)
         return color
+
+
+def landmark_points(identity: Identity) -> dict:
+    """Head-frame 3D positions of a few facial landmarks (surface points)."""
+    rx, ry, rz = identity.head_radii
+
+    def surface(u, v):
+        return np.asarray([u * rx, v * ry, rz * np.sqrt(max(1 - u * u - v * v, 0.0))])
+
+    ny = identity.eye_height * ry - 0.22 * identity.nose_length
+    nz = rz * np.sqrt(max(1 - (ny / ry) ** 2, 0.05)) - 0.06
+    tilt = np.deg2rad(-18)
+    depth = 0.12 * identity.nose_size  # the nose ellipsoid's z radius, tilted about x
+    tip = np.asarray([0.0, ny - depth * np.sin(tilt), nz + depth * np.cos(tilt)])
+    return {
+        "left_eye": surface(-identity.eye_spacing, identity.eye_height),
+        "right_eye": surface(identity.eye_spacing, identity.eye_height),
+        "nose_tip": tip,
+        "mouth": surface(0.0, identity.mouth_height),
+    }
+
+
+def project(points_head: np.ndarray, rotation, shift, distance, resolution: int) -> np.ndarray:
+    """Head-frame points [..., 3] → pixel coordinates [..., 2] as (column, row)."""
+    rot = rotation_matrix(*rotation)
+    p = points_head @ rot.T + np.asarray([shift[0], shift[1], -distance])
+    u = p[..., 0] * FOCAL / -p[..., 2]
+    v = p[..., 1] * FOCAL / -p[..., 2]
+    return np.stack([(u + 1) / 2 * resolution, (1 - v) / 2 * resolution], -1)
