@@ -87,7 +87,7 @@ def sample_motion(rng: np.random.Generator, speech: Speech, emotion: str) -> dic
     logf0 = np.log(speech.f0)
     pitch_dev = _smooth((logf0 - logf0.mean())[None], sigma=20.0)[0]
     lag = int(0.08 * CTRL_RATE)  # the head follows emphasis slightly later
-    emph = np.concatenate([np.full(lag, emph[0]), emph[:-lag]]) if lag else emph
+    emph = np.concatenate([np.full(lag, emph[0]), emph])[:n]
     sign = rng.choice([-1.0, 1.0], size=2)
     prosody = np.stack([
         sign[0] * 25.0 * pitch_dev,  # yaw
