@@ -28,6 +28,17 @@ def _time(fn, repeats):
     return best
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/synthtalk_speed.json")
@@ -38,7 +49,7 @@ def main():
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
-    results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+    results = {"machine": {"platform": platform.platform(), "cpu": cpu_model(),
                            "python": platform.python_version(), "cores_used": 1,
                            "numpy": np.__version__}, "render": {}, "identities": 4}
     specs = [synthtalk.ClipSpec(identity=i, seed=i, num_frames=args.frames) for i in range(4)]
