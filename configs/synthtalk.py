@@ -1,0 +1,28 @@
+"""SynthTalk data set sizes.
+
+    vasa-jax synthtalk-build --config configs/synthtalk.py:tiny --data-dir ~/vasa_data
+
+Arguments: `tiny` (tests and CPU demos), `small` (CPU training runs), `default` (a GPU-sized
+stage-1/2 corpus: 2,000 train identities × 4 clips × 4 s at 256²), or `full` (512² frames).
+"""
+
+import ml_collections
+
+SIZES = {
+    "tiny": dict(resolution=64, num_frames=50, num_train_identities=8, num_test_identities=2,
+                 clips_per_identity=2),
+    "small": dict(resolution=128, num_frames=100, num_train_identities=64,
+                  num_test_identities=8, clips_per_identity=4),
+    "default": dict(resolution=256, num_frames=100, num_train_identities=2000,
+                    num_test_identities=100, clips_per_identity=4),
+    "full": dict(resolution=512, num_frames=100, num_train_identities=2000,
+                 num_test_identities=100, clips_per_identity=4),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    name = arg or "default"
+    if name not in SIZES:
+        raise ValueError(f"unknown SynthTalk size {name!r}: choose one of {', '.join(SIZES)}")
+    config = ml_collections.ConfigDict(dict(SIZES[name], seed=0))
+    return config
