@@ -47,3 +47,16 @@ def test_preview_bad_input_one_line_error_no_output(tmp_path, args, needle):
 def test_preview_missing_output_folder(tmp_path):
     res = _run("--out", str(tmp_path / "nope" / "x.mp4"), "--resolution", "64", "--seconds", "0.2")
     assert res.returncode != 0 and "does not exist" in res.stderr
+
+
+def test_synthtalk_build_command(tmp_path):
+    root = str(__import__("pathlib").Path(__file__).resolve().parent.parent)
+    cmd = [sys.executable, "-m", "vasa_jax.cli", "synthtalk-build", "--config",
+           f"{root}/configs/synthtalk.py:tiny", "--data-dir", str(tmp_path / "d"),
+           "--config.num_frames=4", "--config.num_train_identities=2",
+           "--config.num_test_identities=1", "--config.clips_per_identity=1"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "train: 2 clips" in res.stdout and "test: 1 clips" in res.stdout
+    bad = subprocess.run(cmd[:-4] + ["--config.num_frames=-1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "num_frames" in bad.stderr

@@ -1,6 +1,7 @@
 """The `vasa-jax` command.
 
-Subcommands: `preview` (a SynthTalk clip as mp4 + contact sheet). Training, `generate` and
+Subcommands: `preview` (a SynthTalk clip as mp4 + contact sheet), `synthtalk-build` (a SynthTalk
+data set as tfds/array_record). Training, `generate` and
 `demo` join as their stages land.
 """
 
@@ -20,6 +21,18 @@ def _preview(args) -> int:
     return 0
 
 
+def _synthtalk_build(args) -> int:
+    from vasa_jax.config_util import load_config
+    from vasa_jax.data.builders import prepare_synthtalk
+
+    config = load_config(args.config, args.overrides)
+    sources = prepare_synthtalk(args.data_dir, **config.to_dict())
+    for split, source in sources.items():
+        print(f"{split}: {len(source)} clips")
+    print(f"SynthTalk data set ready under {args.data_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vasa-jax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -32,11 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emotion", default=None,
                    help="neutral, happy, sad, angry or surprised (default: drawn from the seed)")
     p.set_defaults(func=_preview)
+    b = sub.add_parser("synthtalk-build",
+                       help="write a SynthTalk data set (tfds, array_record) for training")
+    b.add_argument("--config", default="configs/synthtalk.py:tiny",
+                   help="config file and size, e.g. configs/synthtalk.py:small")
+    b.add_argument("--data-dir", required=True, help="tfds data directory to write into")
+    b.set_defaults(func=_synthtalk_build)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    # `--config.field=value` overrides are collected here; argparse sees the rest.
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = [a for a in argv if a.startswith("--config.")]
+    args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
+    args.overrides = overrides
     from vasa_jax.data.media import MediaError
     from vasa_jax.errors import ConfigError
 

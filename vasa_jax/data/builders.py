@@ -30,7 +30,10 @@ prime) and (a, b) drawn from the config seed (a ≠ 0 mod P), train identity k i
 which lies in [0, P) and is distinct for distinct k (an affine bijection of Z/P); test identity k is
 10**9 + ((a·k + b) mod P), which lies in [10**9, 10**9 + P). `train_identity_ids(config)` and
 `test_identity_ids(config)` list them. Clip c of identity i gets
-clip_seed = SeedSequence([seed, i, c]) → uint32.
+clip_seed = SeedSequence([seed, i, c]) → 31 bits. Every integer field fits int32.
+
+Once prepared, `tfds.data_source("synthtalk/<config name>", data_dir=..., split="train")` reads
+it too (with this module imported).
 
 Different sizes never collide on disk: the config name (hence the directory
 `data_dir/synthtalk/<name>/<version>`) is derived from every field.
@@ -146,10 +149,13 @@ def test_identity_ids(config: SynthTalkConfig) -> list[int]:
 
 
 def clip_seed(seed: int, identity: int, clip: int) -> int:
-    """Seed of clip `clip` of `identity` in a data set with config seed `seed` (uint32)."""
+    """Seed of clip `clip` of `identity` in a data set with config seed `seed`, in [0, 2**31).
+
+    31 bits so that it survives JAX's default int32 (like the identities, all < 2**31).
+    """
     words = [int(seed) & 0xFFFFFFFF, int(seed) >> 32, int(identity) & 0xFFFFFFFF,
              int(identity) >> 32, int(clip)]
-    return int(np.random.SeedSequence(words).generate_state(1, np.uint32)[0])
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint32)[0]) & 0x7FFFFFFF
 
 
 def encode_png(frame: np.ndarray) -> bytes:

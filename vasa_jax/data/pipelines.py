@@ -125,8 +125,18 @@ def _epoch_pipeline(num_samples: int, transform: grain.transforms.RandomMap, *, 
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                                  prefetch_buffer_size=prefetch_buffer))
     if mp_prefetch > 0:
+        _ensure_flags_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=mp_prefetch))
     return it_ds
+
+
+def _ensure_flags_parsed() -> None:
+    """grain's mp_prefetch reads absl flags; outside absl.app.run nobody has parsed them
+    (UnparsedFlagAccessError). Marking them parsed keeps every flag at its default."""
+    from absl import flags  # pylint: disable=g-import-not-at-top
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def _scalar(x) -> np.int64:
@@ -341,23 +351,33 @@ def global_batch(batch: dict, mesh: jax.sharding.Mesh,
                  axes: Sequence[str] = ("data", "fsdp")) -> dict:
     """Per-process batch (dict of numpy arrays) → global jax.Arrays sharded on axis 0 over `axes`.
 
-    Axes absent from the mesh are ignored. The global batch is the concatenation of all
+    64-bit integer leaves become int32/uint32 unless x64 is on (ValueError if a value does not
+    fit, instead of JAX's silent wrap-around). Axes absent from the mesh are ignored. The global batch is the concatenation of all
     processes' local batches (in process order); it must divide by the product of the axes.
     """
     axes = tuple(a for a in axes if a in mesh.axis_names)
     sharding = NamedSharding(mesh, P(axes if axes else None))
     ways = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
 
-    def put(x):
+    def put(path, x):
         x = np.asarray(x)
-        check(x.ndim >= 1, "global_batch: every leaf needs a leading batch axis")
+        name = jax.tree_util.keystr(path)
+        check(x.ndim >= 1, f"global_batch: {name} needs a leading batch axis")
+        if x.dtype.kind in "iu" and x.dtype.itemsize == 8 and not jax.config.jax_enable_x64:
+            # JAX would silently wrap 64-bit integers to 32 bits; refuse values that do not fit.
+            target = np.dtype(np.int32 if x.dtype.kind == "i" else np.uint32)
+            info = np.iinfo(target)
+            if x.size and (x.min() < info.min or x.max() > info.max):
+                raise ValueError(f"global_batch: {name} holds values outside {target.name} "
+                                 "(JAX x64 is off): keep such fields on the host or enable x64")
+            x = x.astype(target)
         global_size = x.shape[0] * jax.process_count()
         check(global_size % ways == 0,
               f"global batch size {global_size} is not divisible by the {ways} devices of mesh "
               f"axes {axes}: use a batch_size that is a multiple of {ways}")
         return jax.make_array_from_process_local_data(sharding, x)
 
-    return jax.tree.map(put, batch)
+    return jax.tree_util.tree_map_with_path(put, batch)
 
 
 __all__ = [

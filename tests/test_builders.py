@@ -1,0 +1,123 @@
+"""tfds SynthTalk builder: real array_record files in a temp dir, checked against generate_clip."""
+
+from __future__ import annotations
+
+import collections
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from _synth_fixture import TINY, synth_data  # noqa: F401  (session fixture)
+from vasa_jax.data import builders, synthtalk
+from vasa_jax.errors import ConfigError
+
+
+def _records(source):
+    return [source[i] for i in range(len(source))]
+
+
+def test_counts_and_files(synth_data):
+    cfg = TINY
+    assert len(synth_data.sources["train"]) == cfg["num_train_identities"] * cfg["clips_per_identity"]
+    assert len(synth_data.sources["test"]) == cfg["num_test_identities"] * cfg["clips_per_identity"]
+    name = builders.config_name(**{k: cfg[k] for k in (
+        "resolution", "num_frames", "num_train_identities", "num_test_identities",
+        "clips_per_identity", "seed")})
+    version_dir = os.path.join(synth_data.data_dir, "synthtalk", name, "1.0.0")
+    files = sorted(os.listdir(version_dir))
+    assert any(f.startswith("synthtalk-train.array_record") for f in files), files
+    assert any(f.startswith("synthtalk-test.array_record") for f in files), files
+
+
+def test_identities_disjoint_and_complete(synth_data):
+    config = builders.SynthTalkConfig(**TINY)
+    per_split = {}
+    for split, source in synth_data.sources.items():
+        ids = collections.Counter(int(r["identity"]) for r in _records(source))
+        per_split[split] = ids
+        # Every identity has exactly clips_per_identity clips, with distinct clip seeds.
+        assert set(ids.values()) == {TINY["clips_per_identity"]}
+        seeds = [int(r["clip_seed"]) for r in _records(source)]
+        assert len(set(seeds)) == len(seeds)
+    assert set(per_split["train"]) == set(builders.train_identity_ids(config))
+    assert set(per_split["test"]) == set(builders.test_identity_ids(config))
+    assert not set(per_split["train"]) & set(per_split["test"])
+    assert all(i < 10**9 for i in per_split["train"])
+    assert all(i >= 10**9 for i in per_split["test"])
+
+
+def test_identity_ids_disjoint_for_many_seeds():
+    for seed in range(20):
+        cfg = builders.SynthTalkConfig(resolution=64, num_frames=1, num_train_identities=500,
+                                       num_test_identities=500, clips_per_identity=1, seed=seed)
+        train, test = builders.train_identity_ids(cfg), builders.test_identity_ids(cfg)
+        assert len(set(train)) == 500 and len(set(test)) == 500
+        assert not set(train) & set(test)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_record_decodes_to_generated_clip(synth_data, split):
+    record = synth_data.sources[split][1]
+    clip = synthtalk.generate_clip(identity=int(record["identity"]), seed=int(record["clip_seed"]),
+                                   num_frames=TINY["num_frames"], resolution=TINY["resolution"])
+    frames = builders.decode_frames(record["frames"])
+    assert frames.dtype == np.uint8
+    assert frames.shape == (TINY["num_frames"], 64, 64, 3)
+    np.testing.assert_array_equal(frames, clip.frames)
+    np.testing.assert_array_equal(record["audio"], clip.audio)
+    assert record["audio"].shape == (TINY["num_frames"] * 640,)
+    assert int(record["emotion"]) == clip.emotion
+    for name in builders.FACTORS:
+        assert record[name].dtype == np.asarray(clip.factors[name]).dtype, name
+        np.testing.assert_array_equal(record[name], clip.factors[name], err_msg=name)
+    # Decoding a subset gives exactly those frames.
+    np.testing.assert_array_equal(builders.decode_frames(record["frames"], [5, 0]),
+                                  clip.frames[[5, 0]])
+
+
+def test_sizes_do_not_collide_and_prepare_is_idempotent(synth_data):
+    small = dict(resolution=64, num_frames=3, num_train_identities=1, num_test_identities=1,
+                 clips_per_identity=1, seed=0)
+    sources = builders.prepare_synthtalk(synth_data.data_dir, **small)
+    assert len(sources["train"]) == 1 and len(sources["test"]) == 1
+    assert sources["train"][0]["frames"].shape == (3,)
+    # The tiny data set in the same data_dir is untouched, and preparing it again reuses it.
+    again = builders.prepare_synthtalk(synth_data.data_dir, **TINY)
+    assert again["train"][0]["frames"].shape == (TINY["num_frames"],)
+    # tfds.data_source finds it by config name.
+    name = builders.SynthTalkConfig(**TINY).name
+    by_name = tfds.data_source(f"synthtalk/{name}", data_dir=synth_data.data_dir, split="test")
+    assert len(by_name) == len(synth_data.sources["test"])
+    a, b = again["train"][2], synth_data.sources["train"][2]
+    assert int(a["clip_seed"]) == int(b["clip_seed"])
+    np.testing.assert_array_equal(a["frames"], b["frames"])
+
+
+@pytest.mark.parametrize("field, value", [
+    ("resolution", 100),
+    ("resolution", 32),
+    ("num_frames", 0),
+    ("num_train_identities", -1),
+    ("num_test_identities", 0),
+    ("clips_per_identity", -3),
+    ("seed", -1),
+])
+def test_bad_config_raises_config_error(tmp_path, field, value):
+    fields = dict(TINY, **{field: value})
+    out = tmp_path / "data"
+    with pytest.raises(ConfigError, match=field) as info:
+        builders.prepare_synthtalk(str(out), **fields)
+    assert "\n" not in str(info.value)
+    assert not out.exists()  # nothing written
+
+
+def test_config_name_is_derived_from_every_field():
+    base = builders.SynthTalkConfig(**TINY)
+    names = {base.name}
+    for field, value in [("resolution", 72), ("num_frames", 13), ("num_train_identities", 5),
+                         ("num_test_identities", 3), ("clips_per_identity", 3), ("seed", 1)]:
+        names.add(builders.SynthTalkConfig(**dict(TINY, **{field: value})).name)
+    assert len(names) == 7
+    assert builders.SynthTalkConfig(**TINY).name == base.name
