@@ -1,0 +1,148 @@
+"""Trilinear warping of feature volumes (channels-last), matching `torch.nn.functional.grid_sample`.
+
+Layouts:
+  volume: [B, D, H, W, C]
+  grid:   [B, Do, Ho, Wo, 3], normalised coordinates (x, y, z) in [-1, 1];
+          x indexes W, y indexes H, z indexes D (torch's 5-D grid_sample convention).
+
+`trilinear_sample(volume, grid)` equals
+`grid_sample(volume.permute(0, 4, 1, 2, 3), grid, mode="bilinear").permute(0, 2, 3, 4, 1)`
+for the same `padding_mode` ("zeros" or "border") and `align_corners`, values and gradients.
+"""
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_PADDING_MODES = ("zeros", "border")
+
+
+def _unnormalise(coord: jax.Array, size: int, align_corners: bool) -> jax.Array:
+    """Maps [-1, 1] to pixel coordinates along an axis of `size` samples (torch's formula)."""
+    if align_corners:
+        # -1 and 1 are the centres of the first and last samples.
+        return (coord + 1.0) * 0.5 * (size - 1)
+    # -1 and 1 are the outer edges of the first and last samples.
+    return ((coord + 1.0) * size - 1.0) * 0.5
+
+
+def _normalise(pixel: jax.Array, size: int, align_corners: bool) -> jax.Array:
+    """Inverse of `_unnormalise`."""
+    if align_corners:
+        return pixel * 2.0 / (size - 1) - 1.0
+    return (pixel * 2.0 + 1.0) / size - 1.0
+
+
+def trilinear_sample(
+    volume: jax.Array,
+    grid: jax.Array,
+    padding_mode: str = "zeros",
+    align_corners: bool = False,
+) -> jax.Array:
+    """Samples `volume` at `grid` with trilinear interpolation.
+
+    Args:
+      volume: [B, D, H, W, C].
+      grid: [B, Do, Ho, Wo, 3], normalised (x, y, z); x indexes W, y H, z D.
+      padding_mode: "zeros" (samples outside the volume read 0) or "border"
+        (coordinates are clamped to the volume first, as torch does).
+      align_corners: torch's meaning; see `_unnormalise`.
+
+    Returns:
+      [B, Do, Ho, Wo, C], dtype of `volume`. Differentiable w.r.t. volume and grid.
+    """
+    if padding_mode not in _PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
+    chex.assert_rank(volume, 5)
+    chex.assert_rank(grid, 5)
+    chex.assert_axis_dimension(grid, -1, 3)
+    chex.assert_equal_shape_prefix((volume, grid), 1)
+    b, d, h, w, c = volume.shape
+    out_spatial = grid.shape[1:4]
+
+    dtype = jnp.result_type(volume.dtype, grid.dtype)
+    pts = grid.reshape(b, -1, 3).astype(dtype)  # [B, N, 3]
+    sizes = (w, h, d)  # grid order is (x, y, z)
+    coords = []
+    for axis, size in enumerate(sizes):
+        p = _unnormalise(pts[..., axis], size, align_corners)
+        if padding_mode == "border":
+            # torch clamps before taking corners, so the clamped side gets zero gradient.
+            p = jnp.clip(p, 0.0, size - 1)
+        coords.append(p)
+
+    # Per axis: lower corner index, upper corner index and their weights.
+    corners = []
+    for p, size in zip(coords, sizes):
+        lo = jnp.floor(p)
+        frac = p - lo  # floor has zero gradient, so d(frac)/dp = 1 as in torch
+        lo = lo.astype(jnp.int32)
+        corners.append(((lo, 1.0 - frac), (lo + 1, frac)))
+
+    flat = volume.reshape(b, d * h * w, c)
+    gather = jax.vmap(lambda v, i: v[i])  # [D*H*W, C], [N] -> [N, C]
+
+    out = jnp.zeros((b, pts.shape[1], c), dtype)
+    # Static unrolled loop over the 8 corners of each cell.
+    for ix, wx in corners[0]:
+        for iy, wy in corners[1]:
+            for iz, wz in corners[2]:
+                inside = (
+                    (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h) & (iz >= 0) & (iz < d)
+                )
+                # Clipped indices keep the gather in bounds; `inside` zeroes corners
+                # that lie outside (zeros padding), however far out the point is.
+                flat_idx = (
+                    jnp.clip(iz, 0, d - 1) * h + jnp.clip(iy, 0, h - 1)
+                ) * w + jnp.clip(ix, 0, w - 1)
+                weight = jnp.where(inside, wx * wy * wz, 0.0)
+                out = out + weight[..., None] * gather(flat, flat_idx).astype(dtype)
+    return out.reshape(b, *out_spatial, c).astype(volume.dtype)
+
+
+def identity_grid(d: int, h: int, w: int, align_corners: bool = False) -> jax.Array:
+    """Grid of sample centres that reproduces a [.., d, h, w, ..] volume.
+
+    Returns:
+      [d, h, w, 3] normalised (x, y, z) coordinates (float32).
+    """
+    # Built in float64 on the host (sizes are static) so the float32 result is the
+    # correctly rounded coordinate; sampling it reproduces the volume up to float32 rounding.
+    zs, ys, xs = (_normalise(np.arange(n, dtype=np.float64), n, align_corners) for n in (d, h, w))
+    z, y, x = np.meshgrid(zs, ys, xs, indexing="ij")
+    return jnp.asarray(np.stack([x, y, z], axis=-1), dtype=jnp.float32)
+
+
+def rigid_grid(
+    rotation: jax.Array,
+    translation: jax.Array,
+    scale: jax.Array,
+    d: int,
+    h: int,
+    w: int,
+    align_corners: bool = False,
+) -> jax.Array:
+    """Identity grid transformed by a similarity: p' = scale * (R @ p) + t.
+
+    `p` are the (x, y, z) normalised coordinates of `identity_grid(d, h, w)`, so the
+    rotation acts about the volume centre and the translation is in normalised units.
+    Sampling a volume at the result gives, at output location p, the input at p' (a
+    backward warp: the content moves by the inverse transform).
+
+    Args:
+      rotation: [B, 3, 3], acting on (x, y, z) column vectors.
+      translation: [B, 3], (x, y, z).
+      scale: [B].
+
+    Returns:
+      [B, d, h, w, 3] sampling grid for `trilinear_sample`.
+    """
+    chex.assert_shape(rotation, (None, 3, 3))
+    b = rotation.shape[0]
+    chex.assert_shape(translation, (b, 3))
+    chex.assert_shape(scale, (b,))
+    p = identity_grid(d, h, w, align_corners)
+    rotated = jnp.einsum("bij,dhwj->bdhwi", rotation, p)
+    return scale[:, None, None, None, None] * rotated + translation[:, None, None, None, :]
