@@ -1,0 +1,125 @@
+"""Training losses for the face latent stage: GAN (hinge + feature matching) and VASA-1's terms.
+
+All functions are pure `jnp` and return float32 scalars. Images are `[B, H, W, 3]` in [-1, 1].
+Discriminator outputs follow `models.discriminator.MultiScaleDiscriminator`: `logits[s]` is the
+patch-logit map of scale s, `feats[s][k]` the k-th hidden feature map of scale s.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+Encoding = Mapping[str, jax.Array]  # keys: v_app, z_id, z_pose, z_dyn
+
+
+def l1_loss(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean absolute error over all elements; x, y of one shape."""
+    if x.shape != y.shape:
+        raise ValueError(f"l1_loss shapes differ: {x.shape} vs {y.shape}")
+    return jnp.mean(jnp.abs(x - y))
+
+
+def hinge_d_loss(real_logits: Sequence[jax.Array], fake_logits: Sequence[jax.Array]) -> jax.Array:
+    """Discriminator hinge loss, mean over scales of mean(relu(1 - real)) + mean(relu(1 + fake))."""
+    if len(real_logits) != len(fake_logits) or not real_logits:
+        raise ValueError("hinge_d_loss needs one real and one fake logit map per scale")
+    per_scale = [jnp.mean(jax.nn.relu(1.0 - r)) + jnp.mean(jax.nn.relu(1.0 + f))
+                 for r, f in zip(real_logits, fake_logits)]
+    return jnp.mean(jnp.stack(per_scale))
+
+
+def hinge_g_loss(fake_logits: Sequence[jax.Array]) -> jax.Array:
+    """Generator hinge loss, mean over scales of -mean(fake)."""
+    return jnp.mean(jnp.stack([-jnp.mean(f) for f in fake_logits]))
+
+
+def feature_matching_loss(real_feats: Sequence[Sequence[jax.Array]],
+                          fake_feats: Sequence[Sequence[jax.Array]]) -> jax.Array:
+    """L1 between discriminator features of real and fake, averaged over layers then scales.
+
+    real_feats[s][k], fake_feats[s][k]: [B, h, w, C] of one shape; real ones are stop-gradient.
+    (pix2pixHD sums with weight 4 / (n_layers + 1) / num_D instead; this is that up to a constant.)
+    """
+    if len(real_feats) != len(fake_feats) or not real_feats:
+        raise ValueError("feature_matching_loss needs one feature list per scale for each side")
+    per_scale = []
+    for real, fake in zip(real_feats, fake_feats):
+        if len(real) != len(fake):
+            raise ValueError("feature lists of one scale differ in length")
+        per_scale.append(jnp.mean(jnp.stack(
+            [l1_loss(jax.lax.stop_gradient(r), f) for r, f in zip(real, fake)])))
+    return jnp.mean(jnp.stack(per_scale))
+
+
+DecodeFn = Callable[..., jax.Array]
+"""decode_fn(v_app, z_id, z_pose_src, z_dyn_src, z_pose_drv, z_dyn_drv) -> image [B, H, W, 3].
+
+The `_src` motion is that of the frame `v_app`/`z_id` came from; `_drv` is the target motion.
+"""
+
+
+def consistency_loss(decode_fn: DecodeFn, enc_i: Encoding, enc_j: Encoding) -> jax.Array:
+    """VASA-1's l_consist for two frames i, j of one video.
+
+    Decodes D(V_app^j, z_id^j, z_pose^i, z_dyn^j) and D(V_app^i, z_id^i, z_pose^i, z_dyn^j) —
+    the same target motion from each frame's own appearance — and returns their mean L1.
+    enc_*: dicts with `v_app`, `z_id`, `z_pose`, `z_dyn` (batched, any shapes decode_fn takes).
+    """
+    from_j = decode_fn(enc_j["v_app"], enc_j["z_id"], enc_j["z_pose"], enc_j["z_dyn"],
+                       enc_i["z_pose"], enc_j["z_dyn"])
+    from_i = decode_fn(enc_i["v_app"], enc_i["z_id"], enc_i["z_pose"], enc_i["z_dyn"],
+                       enc_i["z_pose"], enc_j["z_dyn"])
+    return l1_loss(from_j, from_i)
+
+
+def _normalize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
+    x = x.reshape(x.shape[0], -1).astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+def cross_identity_loss(id_fn: Callable[[jax.Array], jax.Array], source_image: jax.Array,
+                        cross_image: jax.Array) -> jax.Array:
+    """VASA-1's l_cross-id: mean over the batch of 1 - cos(id_fn(source), id_fn(cross)).
+
+    source_image: [B, H, W, 3]; cross_image: the source reenacted by another person's motion,
+    same shape. id_fn: an `IdentityFeatureFn` ([B, H, W, 3] -> [B, dim]); it must be frozen by
+    the caller (e.g. `identity_net.make_identity_fn`, which stop-gradients its parameters).
+    The source embedding is stop-gradient: only the generated image is pushed.
+    """
+    a = _normalize(jax.lax.stop_gradient(id_fn(source_image)))
+    b = _normalize(id_fn(cross_image))
+    return jnp.mean(1.0 - jnp.sum(a * b, axis=-1))
+
+
+def motion_contrastive_loss(z_a: jax.Array, z_b: jax.Array, temperature: float = 0.1) -> jax.Array:
+    """Symmetric InfoNCE between two views' motion codes; row n of z_a and z_b are positives.
+
+    z_a, z_b: [B, ...] (flattened to [B, D] and L2-normalised); other rows are negatives.
+    """
+    if z_a.shape != z_b.shape:
+        raise ValueError(f"motion codes differ in shape: {z_a.shape} vs {z_b.shape}")
+    logits = _normalize(z_a) @ _normalize(z_b).T / temperature
+    diag = jnp.arange(logits.shape[0])
+    loss_ab = -jnp.mean(jax.nn.log_softmax(logits, axis=1)[diag, diag])
+    loss_ba = -jnp.mean(jax.nn.log_softmax(logits, axis=0)[diag, diag])
+    return 0.5 * (loss_ab + loss_ba)
+
+
+def total_generator_loss(terms: Mapping[str, jax.Array], weights: Mapping[str, float]
+                         ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Weighted sum of loss terms -> (total, {name: weight * term}).
+
+    Terms with a zero or missing weight are skipped (not evaluated into the total or the dict);
+    a non-zero weight for a term that is absent raises KeyError.
+    """
+    weighted = {}
+    for name, w in weights.items():
+        if w == 0:
+            continue
+        if name not in terms:
+            raise KeyError(f"loss weight given for {name!r} but no such term; have {sorted(terms)}")
+        weighted[name] = w * terms[name]
+    total = sum(weighted.values(), jnp.zeros((), jnp.float32))
+    return total, weighted
