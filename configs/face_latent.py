@@ -1,0 +1,79 @@
+"""Stage 1: face latent model (appearance volume, identity, pose, dynamics) — MegaPortraits style.
+
+    python -m vasa_jax.train.face_latent --config configs/face_latent.py:tiny --workdir W
+
+Arguments: `tiny` (64² images, tiny channels: CPU tests and demos) or `vox512` (512² input,
+V_app 16×64×64×96 as in MegaPortraits, id_dim 512, dyn_dim 256). Sizes and parameter counts:
+`python benchmarks/face_latent_cost.py --config configs/face_latent.py:vox512`.
+"""
+
+import ml_collections
+
+MODELS = {
+    "tiny": dict(
+        image_size=64, base_channels=16, max_channels=64,
+        volume_size=16, volume_depth=4, volume_channels=8, app_blocks3d=1,
+        encoder_channels=16, encoder_max_channels=64, encoder_downsamples=3,
+        id_dim=32, dyn_dim=16, max_angle_deg=90.0,
+        warp_channels=32, warp_upsamples=1, warp_blocks=1,
+        decoder_channels=64, decoder_blocks3d=1, decoder_blocks2d=1,
+    ),
+    "vox512": dict(
+        image_size=512, base_channels=64, max_channels=512,
+        volume_size=64, volume_depth=16, volume_channels=96, app_blocks3d=6,
+        encoder_channels=64, encoder_max_channels=768, encoder_downsamples=5,
+        id_dim=512, dyn_dim=256, max_angle_deg=90.0,
+        warp_channels=512, warp_upsamples=2, warp_blocks=2,
+        decoder_channels=768, decoder_blocks3d=6, decoder_blocks2d=5,
+    ),
+}
+
+TRAIN = {
+    "tiny": dict(batch_size=8, lr=2e-4, steps=200, log_every=10, ckpt_every=100,
+                 sample_every=100, warmup_steps=20),
+    "vox512": dict(batch_size=32, lr=2e-4, steps=500_000, log_every=100, ckpt_every=5_000,
+                   sample_every=5_000, warmup_steps=2_000),
+}
+
+DISC = {
+    "tiny": dict(num_scales=2, base_channels=16, num_layers=2, max_channels=64),
+    "vox512": dict(num_scales=3, base_channels=64, num_layers=3, max_channels=512),
+}
+
+DATA = {
+    # SynthTalk sizes (see configs/synthtalk.py); real data plugs in with issue 7's builders.
+    "tiny": dict(resolution=64, num_frames=25, num_train_identities=8, num_test_identities=2,
+                 clips_per_identity=2),
+    "vox512": dict(resolution=512, num_frames=100, num_train_identities=2000,
+                   num_test_identities=100, clips_per_identity=4),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    name = arg or "tiny"
+    if name not in MODELS:
+        raise ValueError(f"unknown face_latent variant {name!r}: choose one of {', '.join(MODELS)}")
+    config = ml_collections.ConfigDict()
+    config.variant = name
+    config.seed = 0
+    config.model = ml_collections.ConfigDict(MODELS[name])
+    config.update(TRAIN[name])
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, num_devices=0))  # 0: all
+    config.disc = ml_collections.ConfigDict(DISC[name])
+    config.data = ml_collections.ConfigDict(dict(
+        data_dir="",  # empty: WORKDIR/data
+        synthtalk=ml_collections.ConfigDict(dict(DATA[name], seed=0))))
+    config.grad_clip = 1.0
+    config.weight_decay = 0.0
+    config.ema_decay = 0.999
+    config.keep_checkpoints = 3
+    # A torchvision-layout VGG19 weight file (.safetensors/.npz) for the perceptual loss; empty
+    # falls back to MS-SSIM (logged), since no weights can be downloaded here.
+    config.loss_vgg_weights = ""
+    config.loss = ml_collections.ConfigDict(dict(
+        l1=1.0, perceptual=1.0, gan=0.1, feature_matching=1.0, consist=1.0,
+        # l_cross-id needs a trained identity network (config.identity_net); off until one
+        # is trained on SynthTalk identities.
+        cross_id=0.0))
+    config.identity_net = ""
+    return config

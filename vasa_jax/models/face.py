@@ -1,0 +1,337 @@
+"""Stage-1 face latent model (MegaPortraits / VASA-1 style), Flax NNX, channels-last.
+
+Layouts: images [B, H, W, 3] in [-1, 1]; volumes [B, D, H', W', C]; warp grids
+[B, D, H', W', 3] with (x, y, z) in [-1, 1] (see `warp.py`).
+
+Latents of one image (`FaceLatentModel.encode`):
+  v_app  [B, D, H', W', C]  canonical-ish 3D appearance volume (source only; cacheable)
+  z_id   [B, id_dim]        identity code (source only; cacheable)
+  z_pose [B, 7]             (yaw, pitch, roll) in DEGREES, each tanh-bounded by
+                            `max_angle_deg`; translation (tx, ty, tz) in normalised volume
+                            units; log-scale. Angles follow `synthtalk.motion.rotation_matrix`.
+  z_dyn  [B, dyn_dim]       holistic facial dynamics
+
+Decoding (MegaPortraits): v_app is warped to the canonical frame by w_s→c (rigid part: the
+inverse of the source pose applied to the content, plus a non-rigid flow from (z_dyn_src,
+z_id)), then to the driver by w_c→d (driver pose plus a flow from (z_dyn_drv, z_id)), then
+3D blocks → orthographic projection (depth folded into channels) → 2D decoder → tanh image.
+
+Use functionally:
+    model = build_model(config.model, nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    out = nnx.merge(graphdef, state)(source, driver)   # inside jax.jit
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vasa_jax.errors import check
+from vasa_jax.models.layers import (AdaResBlock3D, ResBlock2D, ResBlock3D, downsample,
+                                    num_groups, upsample)
+from vasa_jax.models.warp import rigid_grid, trilinear_sample
+
+POSE_DIM = 7  # yaw, pitch, roll (deg), tx, ty, tz, log_scale
+
+# Camera frame (x right, y up, z towards the viewer) → volume grid frame (x along W, y along H
+# i.e. down the image, z along D i.e. away from the viewer): a 180° turn about x, so F R F is
+# again a rotation.
+_CAM_TO_VOLUME = np.diag([1.0, -1.0, -1.0]).astype(np.float32)
+
+_INT_FIELDS = ("image_size", "base_channels", "max_channels", "volume_size", "volume_depth",
+               "volume_channels", "app_blocks3d", "encoder_channels", "encoder_max_channels",
+               "encoder_downsamples", "id_dim", "dyn_dim", "warp_channels", "warp_upsamples",
+               "warp_blocks", "decoder_channels", "decoder_blocks3d", "decoder_blocks2d")
+_ZERO_OK = ("app_blocks3d", "warp_blocks", "warp_upsamples", "decoder_blocks3d",
+            "decoder_blocks2d")
+
+
+# ----------------------------------------------------------------------------- config
+
+def check_model_config(cfg: Any) -> int:
+    """Raises ConfigError (one line naming the field) on a bad `model` config.
+
+    Returns the number of 2× downsamplings from image to volume.
+    """
+    for f in _INT_FIELDS:
+        check(f in cfg, f"model.{f} is missing: add it to the model config")
+        v = cfg[f]
+        ok = isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+        lo = 0 if f in _ZERO_OK else 1
+        check(ok and v >= lo, f"model.{f}={v!r} is invalid: use an integer >= {lo}")
+    check("max_angle_deg" in cfg, "model.max_angle_deg is missing: add it to the model config")
+    check(0 < float(cfg.max_angle_deg) <= 180,
+          f"model.max_angle_deg={cfg.max_angle_deg!r} is invalid: use a value in (0, 180]")
+    ratio = cfg.image_size // cfg.volume_size
+    check(cfg.image_size % cfg.volume_size == 0 and ratio >= 2 and ratio & (ratio - 1) == 0,
+          f"model.image_size={cfg.image_size} must be model.volume_size={cfg.volume_size} "
+          "times a power of two >= 2 (the appearance encoder downsamples by 2)")
+    f = 2 ** cfg.encoder_downsamples
+    check(cfg.image_size % f == 0,
+          f"model.image_size={cfg.image_size} is not divisible by 2**encoder_downsamples={f}: "
+          "lower model.encoder_downsamples")
+    f = 2 ** cfg.warp_upsamples
+    check(cfg.volume_depth % f == 0 and cfg.volume_size % f == 0,
+          f"model.warp_upsamples={cfg.warp_upsamples}: 2**warp_upsamples={f} must divide "
+          f"volume_depth={cfg.volume_depth} and volume_size={cfg.volume_size}")
+    return int(np.log2(ratio))
+
+
+def _stage_channels(base: int, max_ch: int, n: int) -> list[int]:
+    """[base, 2·base, 4·base, ...] capped at max_ch, n+1 entries."""
+    return [min(base * 2 ** i, max_ch) for i in range(n + 1)]
+
+
+# ----------------------------------------------------------------------------- pose
+
+def rotation_from_angles(yaw: jax.Array, pitch: jax.Array, roll: jax.Array) -> jax.Array:
+    """Head-to-camera rotation for angles in degrees; [..., 3, 3]. R = Rz(roll) Ry(yaw) Rx(pitch),
+    the convention of `vasa_jax.data.synthtalk.motion.rotation_matrix` (camera frame)."""
+    y, p, r = (jnp.deg2rad(jnp.asarray(a, jnp.float32)) for a in (yaw, pitch, roll))
+    cy, sy, cp, sp, cr, sr = jnp.cos(y), jnp.sin(y), jnp.cos(p), jnp.sin(p), jnp.cos(r), jnp.sin(r)
+    one, zero = jnp.ones_like(cy), jnp.zeros_like(cy)
+    ry = jnp.stack([jnp.stack([cy, zero, sy], -1), jnp.stack([zero, one, zero], -1),
+                    jnp.stack([-sy, zero, cy], -1)], -2)
+    rx = jnp.stack([jnp.stack([one, zero, zero], -1), jnp.stack([zero, cp, sp], -1),
+                    jnp.stack([zero, -sp, cp], -1)], -2)
+    rz = jnp.stack([jnp.stack([cr, -sr, zero], -1), jnp.stack([sr, cr, zero], -1),
+                    jnp.stack([zero, zero, one], -1)], -2)
+    return rz @ ry @ rx
+
+
+def pose_to_similarity(z_pose: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """z_pose [B, 7] → (rotation [B, 3, 3] in volume-grid coordinates, translation [B, 3], scale [B])."""
+    chex.assert_shape(z_pose, (None, POSE_DIM))
+    f = jnp.asarray(_CAM_TO_VOLUME)
+    rot = f @ rotation_from_angles(z_pose[:, 0], z_pose[:, 1], z_pose[:, 2]) @ f
+    return rot, z_pose[:, 3:6], jnp.exp(z_pose[:, 6])
+
+
+def invert_similarity(rot, trans, scale):
+    """Inverse of p ↦ s·R·p + t: p ↦ (1/s)·Rᵀ·p − (1/s)·Rᵀ·t."""
+    rot_t = jnp.swapaxes(rot, -1, -2)
+    inv_s = 1.0 / scale
+    return rot_t, -inv_s[:, None] * jnp.einsum("bij,bj->bi", rot_t, trans), inv_s
+
+
+# ----------------------------------------------------------------------------- encoders
+
+class _Trunk2D(nnx.Module):
+    """Conv stem + `downsamples` stages of (ResBlock2D, avg-pool) + global average pool."""
+
+    def __init__(self, channels: int, max_channels: int, downsamples: int, *, rngs: nnx.Rngs):
+        chs = _stage_channels(channels, max_channels, downsamples)
+        self.stem = nnx.Conv(3, chs[0], (3, 3), rngs=rngs)
+        self.blocks = nnx.List([ResBlock2D(chs[i], chs[i + 1], rngs=rngs)
+                                for i in range(downsamples)])
+        self.norm = nnx.GroupNorm(chs[-1], num_groups(chs[-1]), rngs=rngs)
+        self.out_features = chs[-1]
+
+    def __call__(self, image: jax.Array) -> jax.Array:
+        x = self.stem(image)
+        for block in self.blocks:
+            x = downsample(block(x))
+        return jnp.mean(nnx.silu(self.norm(x)), axis=(1, 2))  # [B, C]
+
+
+class AppearanceEncoder(nnx.Module):
+    """image [B, S, S, 3] → V_app [B, D, S', S', C]: 2D downsampling, channels → depth, 3D blocks."""
+
+    def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
+        n_down = check_model_config(cfg)
+        chs = _stage_channels(cfg.base_channels, cfg.max_channels, n_down)
+        self.depth, self.channels = cfg.volume_depth, cfg.volume_channels
+        self.stem = nnx.Conv(3, chs[0], (3, 3), rngs=rngs)
+        self.down = nnx.List([ResBlock2D(chs[i], chs[i + 1], rngs=rngs) for i in range(n_down)])
+        self.to_volume = nnx.Conv(chs[-1], self.depth * self.channels, (1, 1), rngs=rngs)
+        self.blocks = nnx.List([ResBlock3D(self.channels, self.channels, rngs=rngs)
+                                for _ in range(cfg.app_blocks3d)])
+
+    def __call__(self, image: jax.Array) -> jax.Array:
+        x = self.stem(image)
+        for block in self.down:
+            x = downsample(block(x))
+        x = self.to_volume(x)  # [B, H', W', D*C]
+        b, h, w, _ = x.shape
+        v = x.reshape(b, h, w, self.depth, self.channels).transpose(0, 3, 1, 2, 4)
+        for block in self.blocks:
+            v = block(v)
+        return v
+
+
+class IdentityEncoder(nnx.Module):
+    """image → z_id [B, id_dim]."""
+
+    def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
+        self.trunk = _Trunk2D(cfg.encoder_channels, cfg.encoder_max_channels,
+                              cfg.encoder_downsamples, rngs=rngs)
+        self.head = nnx.Linear(self.trunk.out_features, cfg.id_dim, rngs=rngs)
+
+    def __call__(self, image: jax.Array) -> jax.Array:
+        return self.head(self.trunk(image))
+
+
+class MotionEncoder(nnx.Module):
+    """image → (z_pose [B, 7], z_dyn [B, dyn_dim]); angles = tanh(·) × max_angle_deg (degrees)."""
+
+    def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
+        self.max_angle = float(cfg.max_angle_deg)
+        self.trunk = _Trunk2D(cfg.encoder_channels, cfg.encoder_max_channels,
+                              cfg.encoder_downsamples, rngs=rngs)
+        feats = self.trunk.out_features
+        self.pose_head = nnx.Linear(feats, POSE_DIM, rngs=rngs)
+        self.dyn_head = nnx.Linear(feats, cfg.dyn_dim, rngs=rngs)
+
+    def __call__(self, image: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = self.trunk(image)
+        raw = self.pose_head(h)
+        angles = jnp.tanh(raw[:, :3]) * self.max_angle
+        return jnp.concatenate([angles, raw[:, 3:]], axis=-1), self.dyn_head(h)
+
+
+# ----------------------------------------------------------------------------- warping
+
+class WarpGenerator(nnx.Module):
+    """(z_pose, z_dyn, z_id) → sampling grid [B, D, S', S', 3] = rigid grid + non-rigid flow.
+
+    direction="source_to_canonical": the grid is the source pose's similarity (sampling at
+      s·R·p + t moves the content by the inverse transform, undoing the source pose).
+    direction="canonical_to_driver": the grid is the inverse of the driver's similarity (the
+      content moves by the driver pose).
+    The flow comes from a learned constant volume at 1/2**warp_upsamples resolution, refined by
+    AdaGN 3D blocks conditioned on concat(z_dyn, z_id) and upsampled; its last conv is zero so
+    training starts at the rigid warp.
+    """
+
+    DIRECTIONS = ("source_to_canonical", "canonical_to_driver")
+
+    def __init__(self, cfg: Any, direction: str, *, rngs: nnx.Rngs):
+        check_model_config(cfg)
+        check(direction in self.DIRECTIONS,
+              f"WarpGenerator direction={direction!r}: use one of {self.DIRECTIONS}")
+        self.direction = direction
+        self.shape = (cfg.volume_depth, cfg.volume_size, cfg.volume_size)
+        up = cfg.warp_upsamples
+        cond_dim = cfg.id_dim + cfg.dyn_dim
+        chs = [max(cfg.warp_channels // 2 ** i, 8) for i in range(up + 1)]
+        d, h, w = (n // 2 ** up for n in self.shape)
+        self.seed = nnx.Param(0.1 * jax.random.normal(rngs.params(), (1, d, h, w, chs[0])))
+        self.blocks = nnx.List([AdaResBlock3D(chs[0], chs[0], cond_dim, rngs=rngs)
+                                for _ in range(cfg.warp_blocks)])
+        self.up_blocks = nnx.List([AdaResBlock3D(chs[i], chs[i + 1], cond_dim, rngs=rngs)
+                                   for i in range(up)])
+        self.norm = nnx.GroupNorm(chs[-1], num_groups(chs[-1]), rngs=rngs)
+        self.to_flow = nnx.Conv(chs[-1], 3, (3, 3, 3), kernel_init=nnx.initializers.zeros,
+                                rngs=rngs)
+
+    def rigid(self, z_pose: jax.Array) -> jax.Array:
+        """Rigid part only: [B, D, S', S', 3]."""
+        rot, trans, scale = pose_to_similarity(z_pose)
+        if self.direction == "canonical_to_driver":
+            rot, trans, scale = invert_similarity(rot, trans, scale)
+        return rigid_grid(rot, trans, scale, *self.shape)
+
+    def flow(self, z_dyn: jax.Array, z_id: jax.Array) -> jax.Array:
+        """Non-rigid residual [B, D, S', S', 3] in normalised units."""
+        cond = jnp.concatenate([z_dyn, z_id], axis=-1)
+        x = jnp.broadcast_to(self.seed[...], (cond.shape[0], *self.seed.shape[1:]))
+        for block in self.blocks:
+            x = block(x, cond)
+        for block in self.up_blocks:
+            x = block(upsample(x, axes=(1, 2, 3)), cond)
+        return self.to_flow(nnx.silu(self.norm(x)))
+
+    def __call__(self, z_pose: jax.Array, z_dyn: jax.Array, z_id: jax.Array) -> jax.Array:
+        return self.rigid(z_pose) + self.flow(z_dyn, z_id)
+
+
+# ----------------------------------------------------------------------------- decoder
+
+class Decoder(nnx.Module):
+    """warped volume [B, D, S', S', C] → image [B, S, S, 3] in (-1, 1)."""
+
+    def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
+        n_up = check_model_config(cfg)
+        c = cfg.volume_channels
+        chs = _stage_channels(cfg.base_channels, cfg.max_channels, n_up)
+        chs[-1] = cfg.decoder_channels
+        self.blocks3d = nnx.List([ResBlock3D(c, c, rngs=rngs) for _ in range(cfg.decoder_blocks3d)])
+        self.project = nnx.Conv(cfg.volume_depth * c, chs[-1], (1, 1), rngs=rngs)
+        self.blocks2d = nnx.List([ResBlock2D(chs[-1], chs[-1], rngs=rngs)
+                                  for _ in range(cfg.decoder_blocks2d)])
+        self.up = nnx.List([ResBlock2D(chs[i + 1], chs[i], rngs=rngs)
+                            for i in reversed(range(n_up))])
+        self.norm = nnx.GroupNorm(chs[0], num_groups(chs[0]), rngs=rngs)
+        self.to_rgb = nnx.Conv(chs[0], 3, (3, 3), rngs=rngs)
+
+    def __call__(self, volume: jax.Array) -> jax.Array:
+        for block in self.blocks3d:
+            volume = block(volume)
+        b, d, h, w, c = volume.shape
+        # Orthographic projection: fold depth into channels.
+        x = self.project(volume.transpose(0, 2, 3, 1, 4).reshape(b, h, w, d * c))
+        for block in self.blocks2d:
+            x = block(x)
+        for block in self.up:
+            x = block(upsample(x))
+        return jnp.tanh(self.to_rgb(nnx.silu(self.norm(x))))
+
+
+# ----------------------------------------------------------------------------- model
+
+class FaceLatentModel(nnx.Module):
+    """Encoders + two warp generators + decoder. `__call__(source, driver)` reconstructs the
+    driver from the source's appearance/identity and the driver's motion."""
+
+    def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
+        check_model_config(cfg)
+        self.image_size = cfg.image_size
+        self.appearance = AppearanceEncoder(cfg, rngs=rngs)
+        self.identity = IdentityEncoder(cfg, rngs=rngs)
+        self.motion = MotionEncoder(cfg, rngs=rngs)
+        self.warp_s2c = WarpGenerator(cfg, "source_to_canonical", rngs=rngs)
+        self.warp_c2d = WarpGenerator(cfg, "canonical_to_driver", rngs=rngs)
+        self.decoder = Decoder(cfg, rngs=rngs)
+
+    def encode_motion(self, image: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """image [B, S, S, 3] → (z_pose [B, 7], z_dyn [B, dyn_dim])."""
+        return self.motion(image)
+
+    def encode(self, image: jax.Array) -> dict[str, jax.Array]:
+        """image [B, S, S, 3] → dict(v_app, z_id, z_pose, z_dyn)."""
+        chex.assert_shape(image, (None, self.image_size, self.image_size, 3))
+        z_pose, z_dyn = self.motion(image)
+        return dict(v_app=self.appearance(image), z_id=self.identity(image),
+                    z_pose=z_pose, z_dyn=z_dyn)
+
+    def warp(self, v_app, z_id, z_pose_src, z_dyn_src, z_pose_drv, z_dyn_drv) -> jax.Array:
+        """V_app → canonical (w_s→c) → driver (w_c→d): [B, D, S', S', C]."""
+        v_can = trilinear_sample(v_app, self.warp_s2c(z_pose_src, z_dyn_src, z_id))
+        return trilinear_sample(v_can, self.warp_c2d(z_pose_drv, z_dyn_drv, z_id))
+
+    def decode(self, v_app, z_id, z_pose_src, z_dyn_src, z_pose_drv, z_dyn_drv) -> jax.Array:
+        """Cached source pieces + driver motion → image [B, S, S, 3] in (-1, 1)."""
+        return self.decoder(self.warp(v_app, z_id, z_pose_src, z_dyn_src, z_pose_drv, z_dyn_drv))
+
+    def __call__(self, source: jax.Array, driver: jax.Array) -> jax.Array:
+        src = self.encode(source)
+        z_pose_drv, z_dyn_drv = self.encode_motion(driver)
+        return self.decode(src["v_app"], src["z_id"], src["z_pose"], src["z_dyn"],
+                           z_pose_drv, z_dyn_drv)
+
+
+def build_model(cfg: Any, rngs: nnx.Rngs) -> FaceLatentModel:
+    """FaceLatentModel from a `model` config (or a full config with a `model` field)."""
+    if "model" in cfg and "image_size" not in cfg:
+        cfg = cfg.model
+    return FaceLatentModel(cfg, rngs=rngs)
+
+
+__all__ = ["AppearanceEncoder", "Decoder", "FaceLatentModel", "IdentityEncoder",
+           "MotionEncoder", "POSE_DIM", "WarpGenerator", "build_model", "check_model_config",
+           "invert_similarity", "pose_to_similarity", "rotation_from_angles"]
