@@ -46,6 +46,10 @@ class Checkpointer:
             items["data_iter"] = _grain_checkpoint().CheckpointSave(data_iter)
         return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
 
+    def should_save(self, step: int) -> bool:
+        """Whether `step` falls on the save interval."""
+        return self._manager.should_save(int(step))
+
     def wait(self) -> None:
         self._manager.wait_until_finished()
 

@@ -1,0 +1,257 @@
+"""Stage 1 trainer: the face latent space (encoders + 3D warping decoder) with its losses.
+
+    python -m vasa_jax.train.face_latent --config configs/face_latent.py:tiny --workdir W \
+        --config.batch_size=8
+
+Sections: mesh → data → model/optimiser (created already sharded) → update steps → checkpoint
+→ loop. Parameters live as pure dicts (`nnx.split` once; `nnx.merge` inside the jitted steps).
+On restart the latest checkpoint (model, optimisers, EMA and the grain iterator) is restored onto
+the current mesh, so training resumes at the same batch on any mesh shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from vasa_jax import losses, sharding
+from vasa_jax.checkpoint import Checkpointer
+from vasa_jax.errors import check
+from vasa_jax.models.discriminator import MultiScaleDiscriminator
+from vasa_jax.models.face import build_model
+from vasa_jax.train.common import MetricsWriter, StepTimer, check_finite
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model and state.
+
+
+def _modules(config, rng):
+    rngs = nnx.Rngs(rng)
+    gen = build_model(config, rngs)
+    disc = MultiScaleDiscriminator(**config.disc.to_dict(), rngs=rngs)
+    return gen, disc
+
+
+def _optimizer(config):
+    sched = optax.warmup_cosine_decay_schedule(0.0, config.lr, max(1, config.warmup_steps),
+                                               max(config.steps, config.warmup_steps + 1))
+    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
+                     optax.adamw(sched, b1=0.5, b2=0.999, weight_decay=config.weight_decay))
+    return tx, sched
+
+
+def build_state_fns(config, mesh):
+    """Returns (graphdefs, init_fn, abstract_state, state_shardings)."""
+    tx, _ = _optimizer(config)
+
+    def init(rng):
+        gen, disc = _modules(config, rng)
+        _, g_params, g_rest = nnx.split(gen, nnx.Param, ...)
+        _, d_params = nnx.split(disc, nnx.Param)
+        g = g_params.to_pure_dict()
+        d = d_params.to_pure_dict()
+        return dict(step=jnp.zeros((), jnp.int32), gen=g, disc=d,
+                    gen_rest=g_rest.to_pure_dict(), ema=jax.tree.map(jnp.copy, g),
+                    opt_gen=tx.init(g), opt_disc=tx.init(d))
+
+    abs_gen, abs_disc = nnx.eval_shape(lambda: _modules(config, jax.random.key(0)))
+    g_def = nnx.split(abs_gen, nnx.Param, ...)[0]
+    d_def = nnx.split(abs_disc, nnx.Param)[0]
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    shardings = sharding.tree_shardings(abstract, mesh)
+    return (g_def, d_def), init, abstract, shardings
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses and update steps.
+
+
+def _to_float(images):
+    return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
+    """Pure update functions: (state, batch) -> (state, metrics)."""
+    g_def, d_def = graphdefs
+    tx, sched = _optimizer(config)
+    w = config.loss
+
+    def generate(gen, batch):
+        src, drv, oth = (_to_float(batch[k]) for k in ("source", "driver", "other"))
+        e_s, e_d, e_o = gen.encode(src), gen.encode(drv), gen.encode(oth)
+        recon = gen.decode(e_s["v_app"], e_s["z_id"], e_s["z_pose"], e_s["z_dyn"],
+                           e_d["z_pose"], e_d["z_dyn"])
+        cross = gen.decode(e_s["v_app"], e_s["z_id"], e_s["z_pose"], e_s["z_dyn"],
+                           e_o["z_pose"], e_o["z_dyn"])
+        return src, drv, e_s, e_d, recon, cross
+
+    def g_loss(g_params, state, batch):
+        gen = nnx.merge(g_def, g_params, state["gen_rest"])
+        disc = nnx.merge(d_def, jax.lax.stop_gradient(state["disc"]))
+        src, drv, e_s, e_d, recon, cross = generate(gen, batch)
+        terms = {"l1": losses.l1_loss(recon, drv), "perceptual": perceptual_fn(recon, drv)}
+        if w.gan > 0 or w.feature_matching > 0:
+            fake_feats, fake_logits = disc(recon)
+            real_feats, _ = disc(drv)
+            terms["gan"] = losses.hinge_g_loss(fake_logits)
+            terms["feature_matching"] = losses.feature_matching_loss(real_feats, fake_feats)
+        if w.consist > 0:
+            terms["consist"] = losses.consistency_loss(gen.decode, e_d, e_s)
+        if w.cross_id > 0 and id_fn is not None:
+            terms["cross_id"] = losses.cross_identity_loss(id_fn, src, cross)
+        total, weighted = losses.total_generator_loss(terms, dict(w))
+        return total, (terms, recon)
+
+    def d_loss(d_params, recon, real):
+        disc = nnx.merge(d_def, d_params)
+        _, real_logits = disc(real)
+        _, fake_logits = disc(jax.lax.stop_gradient(recon))
+        return losses.hinge_d_loss(real_logits, fake_logits)
+
+    def train_step(state, batch):
+        (g_total, (terms, recon)), g_grads = jax.value_and_grad(g_loss, has_aux=True)(
+            state["gen"], state, batch)
+        updates, opt_gen = tx.update(g_grads, state["opt_gen"], state["gen"])
+        gen = optax.apply_updates(state["gen"], updates)
+        metrics = {"loss": g_total, **terms, "grad_norm": optax.global_norm(g_grads),
+                   "lr": sched(state["step"])}
+        disc, opt_disc = state["disc"], state["opt_disc"]
+        if w.gan > 0 or w.feature_matching > 0:
+            d_val, d_grads = jax.value_and_grad(d_loss)(disc, recon, _to_float(batch["driver"]))
+            d_updates, opt_disc = tx.update(d_grads, opt_disc, disc)
+            disc = optax.apply_updates(disc, d_updates)
+            metrics["d_loss"] = d_val
+        ema = optax.incremental_update(gen, state["ema"], 1.0 - config.ema_decay)
+        new_state = dict(state, step=state["step"] + 1, gen=gen, disc=disc, ema=ema,
+                         opt_gen=opt_gen, opt_disc=opt_disc)
+        return new_state, metrics
+
+    def sample_step(state, batch):
+        gen = nnx.merge(g_def, state["ema"], state["gen_rest"])
+        src, drv, _, _, recon, cross = generate(gen, batch)
+        return jnp.stack([src, drv, recon, cross], 1)  # [B, 4, H, W, 3]
+
+    return train_step, sample_step
+
+
+def save_sample_grid(path: str, grid: np.ndarray) -> None:
+    """grid: [B, 4, H, W, 3] in [-1, 1] → PNG rows of source | driver | recon | cross-id."""
+    from vasa_jax.data import media
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    b, k, h, w, _ = grid.shape
+    img = np.clip((grid + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    media.write_png(path, img.transpose(0, 2, 1, 3, 4).reshape(b * h, k * w, 3))
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop.
+
+
+def train(config, workdir: str) -> dict:
+    """Trains (or resumes) stage 1 in `workdir`; returns the last logged metrics."""
+    from vasa_jax.data import builders, pipelines
+    from vasa_jax.models.vgg import make_perceptual
+
+    jax.config.update("jax_threefry_partitionable", True)
+    os.makedirs(workdir, exist_ok=True)
+
+    # Mesh.
+    num_devices = config.mesh.get("num_devices", 0)
+    mesh = sharding.mesh_from_config(
+        config.mesh, devices=jax.devices()[:num_devices] if num_devices else None)
+    batch_sharding = sharding.batch_sharding(mesh)
+    n_proc = jax.process_count()
+    n_batch_shards = int(np.prod([mesh.shape[a] for a in sharding.batch_axes(mesh)]))
+    check(config.batch_size % n_batch_shards == 0 and config.batch_size % n_proc == 0,
+          f"batch_size={config.batch_size} must be divisible by the data×fsdp mesh size "
+          f"({n_batch_shards}) and the process count ({n_proc})")
+
+    # Data.
+    data_dir = config.data.data_dir or os.path.join(workdir, "data")
+    sources = builders.prepare_synthtalk(data_dir, **config.data.synthtalk.to_dict())
+    dataset = pipelines.stage1_dataset(sources["train"], batch_size=config.batch_size // n_proc,
+                                       seed=config.seed)
+    data_iter = iter(dataset)
+
+    # Model, optimiser, EMA: created already sharded.
+    graphdefs, init, abstract, shardings = build_state_fns(config, mesh)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
+                        save_interval_steps=config.ckpt_every, max_to_keep=config.keep_checkpoints)
+    abstract_sharded = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(abstract_sharded, data_iter=data_iter)
+        log.info("resumed from step %d", int(state["step"]))
+    else:
+        state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
+
+    perceptual_fn = make_perceptual(config.loss_vgg_weights or None)
+    check(config.loss.cross_id == 0 or config.identity_net,
+          f"loss.cross_id={config.loss.cross_id} needs a trained identity network: set "
+          f"--config.identity_net=PATH or --config.loss.cross_id=0")
+    check(not config.identity_net, "identity_net checkpoints are not supported yet: set "
+          "--config.identity_net='' and --config.loss.cross_id=0")
+    train_step, sample_step = make_steps(config, graphdefs, perceptual_fn)
+    train_step = jax.jit(train_step, in_shardings=(shardings, batch_sharding),
+                         out_shardings=(shardings, None), donate_argnums=0)
+    sample_step = jax.jit(sample_step, in_shardings=(shardings, batch_sharding))
+
+    # Loop.
+    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    timer = StepTimer()
+    step = int(state["step"])
+    last_good = ckpt.latest_step()
+    metrics = {}
+    image_keys = ("source", "driver", "other")
+    try:
+        while step < config.steps:
+            batch = next(data_iter)
+            batch = pipelines.global_batch({k: batch[k] for k in image_keys}, mesh)
+            state, metrics = train_step(state, batch)
+            step += 1
+            will_save = ckpt.should_save(step) or step == config.steps
+            if step % config.log_every == 0 or step == config.steps or will_save:
+                host = jax.device_get(metrics)
+                # Checked before any save, so a non-finite state never becomes a checkpoint.
+                check_finite(step, host, last_good)
+                if step % config.log_every == 0 or step == config.steps:
+                    host["steps_per_s"] = timer.tick(step)
+                    writer.write(step, host)
+            if step % config.sample_every == 0 or step == config.steps:
+                grid = np.asarray(jax.device_get(sample_step(state, batch)))
+                if jax.process_index() == 0:
+                    save_sample_grid(os.path.join(workdir, "samples", f"{step:07d}.png"), grid)
+            if will_save and ckpt.save(step, state, data_iter=data_iter, force=True):
+                last_good = step
+    finally:
+        ckpt.close()
+        writer.close()
+    return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+
+
+def main(argv):
+    del argv
+    from absl import flags
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    train(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "configs/face_latent.py:ARG", lock_config=True)
+    flags.DEFINE_string("workdir", None, "where checkpoints, metrics.jsonl and samples go")
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)
