@@ -68,7 +68,10 @@ def test_sharded_step_equals_single_device(tmp_path, data_dir, devices):
     a, b = read_metrics(single), read_metrics(sharded)
     for ra, rb in zip(a, b):
         for k in ("loss", "l1", "perceptual", "gan", "d_loss", "consist"):
-            assert rb[k] == pytest.approx(ra[k], rel=2e-4, abs=1e-5), (ra["step"], k)
+            assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-7), (ra["step"], k)
+        # Step 2's losses are computed with step 1's updated parameters, so they also check
+        # that the sharded update equals the single-device one.
+        assert rb["grad_norm"] == pytest.approx(ra["grad_norm"], rel=3e-5)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
