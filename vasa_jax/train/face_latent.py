@@ -130,7 +130,10 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
             d_updates, opt_disc = tx.update(d_grads, opt_disc, disc)
             disc = optax.apply_updates(disc, d_updates)
             metrics["d_loss"] = d_val
-        ema = optax.incremental_update(gen, state["ema"], 1.0 - config.ema_decay)
+        # EMA with warm-up: early on the average would otherwise still be the random init.
+        step_f = state["step"].astype(jnp.float32)
+        decay = jnp.minimum(config.ema_decay, (1.0 + step_f) / (10.0 + step_f))
+        ema = optax.incremental_update(gen, state["ema"], 1.0 - decay)
         new_state = dict(state, step=state["step"] + 1, gen=gen, disc=disc, ema=ema,
                          opt_gen=opt_gen, opt_disc=opt_disc)
         return new_state, metrics
