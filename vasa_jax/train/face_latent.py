@@ -108,7 +108,7 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
             terms["consist"] = losses.consistency_loss(gen.decode, e_d, e_s)
         if w.cross_id > 0 and id_fn is not None:
             terms["cross_id"] = losses.cross_identity_loss(id_fn, src, cross)
-        total, weighted = losses.total_generator_loss(terms, dict(w))
+        total, _ = losses.total_generator_loss(terms, dict(w))
         return total, (terms, recon)
 
     def d_loss(d_params, recon, real):

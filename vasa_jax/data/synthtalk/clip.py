@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from vasa_jax.data.synthtalk.identity import Identity, sample_identity, stream
-from vasa_jax.data.synthtalk.motion import FOCAL, sample_motion
+from vasa_jax.data.synthtalk.motion import FOCAL, frame_mean, sample_motion
 from vasa_jax.data.synthtalk.render import Renderer
 from vasa_jax.data.synthtalk.spec import (
     CTRL_PER_FRAME,
@@ -45,10 +45,6 @@ class Clip:
         return EMOTIONS[self.emotion]
 
 
-def _frame_mean(x: np.ndarray) -> np.ndarray:
-    return x.reshape(-1, CTRL_PER_FRAME).mean(1).astype(np.float32)
-
-
 def _frame_mode(x: np.ndarray) -> np.ndarray:
     blocks = x.reshape(-1, CTRL_PER_FRAME)
     return np.asarray([np.bincount(b).argmax() for b in blocks], np.int32)
@@ -77,10 +73,10 @@ def sample_factors(spec: ClipSpec) -> tuple[Identity, int, np.ndarray, dict]:
         gaze=motion["gaze"],
         eye_gaze=motion["eye_gaze"],
         blink=motion["blink"],
-        mouth=np.stack([_frame_mean(speech.open), _frame_mean(speech.width),
-                        _frame_mean(speech.round)], -1),
-        f0=_frame_mean(speech.f0),
-        loudness=_frame_mean(speech.loudness),
+        mouth=np.stack([frame_mean(speech.open), frame_mean(speech.width),
+                        frame_mean(speech.round)], -1),
+        f0=frame_mean(speech.f0),
+        loudness=frame_mean(speech.loudness),
         viseme=_frame_mode(speech.viseme),
         _shift=shift,
     )

@@ -39,7 +39,8 @@ def _ou(rng: np.random.Generator, n: int, tau_s: float, std: float) -> np.ndarra
     return x
 
 
-def _frame_mean(x: np.ndarray) -> np.ndarray:
+def frame_mean(x: np.ndarray) -> np.ndarray:
+    """Control-rate values [T * 8, ...] → per-frame means [T, ...] (the frame's 40 ms window)."""
     return x.reshape(-1, CTRL_PER_FRAME, *x.shape[1:]).mean(1).astype(np.float32)
 
 
@@ -143,16 +144,16 @@ def sample_motion(rng: np.random.Generator, speech: Speech, emotion: str) -> dic
 
     # Frame means of the control-rate values. Gaze is recomputed from the averaged eye
     # rotation and head rotation so that it is exactly what is rendered.
-    f_angles = _frame_mean(angles)
-    f_eye = np.stack([_frame_mean(eye_theta), _frame_mean(eye_phi)], -1)
+    f_angles = frame_mean(angles)
+    f_eye = np.stack([frame_mean(eye_theta), frame_mean(eye_phi)], -1)
     f_rot = rotation_matrix(f_angles[:, 0], f_angles[:, 1], f_angles[:, 2])
     f_gaze_cam = np.einsum("nij,nj->ni", f_rot, angles_to_direction(f_eye[:, 0], f_eye[:, 1]))
     g_theta, g_phi = direction_to_angles(f_gaze_cam)
     return dict(
         rotation=f_angles,
-        shift=_frame_mean(shift),
-        distance=_frame_mean(distance),
+        shift=frame_mean(shift),
+        distance=frame_mean(distance),
         eye_gaze=f_eye,
         gaze=np.stack([g_theta, g_phi], -1).astype(np.float32),
-        blink=_frame_mean(blink),
+        blink=frame_mean(blink),
     )

@@ -81,6 +81,14 @@ def background_image(identity: Identity, size: int) -> np.ndarray:
     return (img * vignette[..., None]).astype(np.float32)
 
 
+def _nose_center(identity: Identity) -> tuple:
+    """Head-frame centre of the nose ellipsoid: below the eyes, sunk slightly into the face."""
+    _, ry, rz = identity.head_radii
+    ny = identity.eye_height * ry - 0.22 * identity.nose_length
+    nz = rz * np.sqrt(max(1 - (ny / ry) ** 2, 0.05)) - 0.06
+    return (0.0, ny, nz)
+
+
 class _Ellipsoid:
     """An ellipsoid primitive in the head frame (rigid with the head) or the camera frame."""
 
@@ -115,9 +123,7 @@ class Renderer:
         idn = self.identity
         rx, ry, rz = idn.head_radii
         prims = [_Ellipsoid("head", (0, 0, 0), (rx, ry, rz))]
-        ny = idn.eye_height * ry - 0.22 * idn.nose_length
-        nz = rz * np.sqrt(max(1 - (ny / ry) ** 2, 0.05)) - 0.06
-        prims.append(_Ellipsoid("nose", (0, ny, nz),
+        prims.append(_Ellipsoid("nose", _nose_center(idn),
                                 (0.085 * idn.nose_size, 0.2 * idn.nose_length, 0.12 * idn.nose_size),
                                 tilt_deg=-18))
         ey = idn.eye_height * ry - 0.12
@@ -384,8 +390,7 @@ def landmark_points(identity: Identity) -> dict:
     def surface(u, v):
         return np.asarray([u * rx, v * ry, rz * np.sqrt(max(1 - u * u - v * v, 0.0))])
 
-    ny = identity.eye_height * ry - 0.22 * identity.nose_length
-    nz = rz * np.sqrt(max(1 - (ny / ry) ** 2, 0.05)) - 0.06
+    _, ny, nz = _nose_center(identity)
     tilt = np.deg2rad(-18)
     depth = 0.12 * identity.nose_size  # the nose ellipsoid's z radius, tilted about x
     tip = np.asarray([0.0, ny - depth * np.sin(tilt), nz + depth * np.cos(tilt)])
