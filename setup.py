@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "absl-py>=2",
     "tqdm>=4.60",
     "tensorboardX>=2.6",
+    "safetensors>=0.4",  # user-supplied VGG19 / Wav2Vec2 / ArcFace weight files
 ]
 
 # Test and parity-reference dependencies: never imported at run time.
@@ -28,6 +29,7 @@ TEST_REQUIRES = [
     "torch==2.13.0",
     "transformers>=4.40",
     "diffusers>=0.30",
+    "librosa>=0.10",  # log-mel reference
     "nbclient>=0.10",
     "nbformat>=5.9",
     "ipykernel>=6",
