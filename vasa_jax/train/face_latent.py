@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +24,7 @@ from vasa_jax.checkpoint import Checkpointer
 from vasa_jax.errors import check
 from vasa_jax.models.discriminator import MultiScaleDiscriminator
 from vasa_jax.models.face import build_model
-from vasa_jax.train.common import MetricsWriter, StepTimer, check_finite
+from vasa_jax.train import loop
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +41,7 @@ def _modules(config, rng):
 
 
 def _optimizer(config):
-    sched = optax.warmup_cosine_decay_schedule(0.0, config.lr, max(1, config.warmup_steps),
-                                               max(config.steps, config.warmup_steps + 1))
-    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
-                     optax.adamw(sched, b1=0.5, b2=0.999, weight_decay=config.weight_decay))
-    return tx, sched
+    return loop.make_optimizer(config, b1=0.5)  # b1 = 0.5: the usual choice for GAN training
 
 
 def build_state_fns(config, mesh):
@@ -130,10 +125,7 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
             d_updates, opt_disc = tx.update(d_grads, opt_disc, disc)
             disc = optax.apply_updates(disc, d_updates)
             metrics["d_loss"] = d_val
-        # EMA with warm-up: early on the average would otherwise still be the random init.
-        step_f = state["step"].astype(jnp.float32)
-        decay = jnp.minimum(config.ema_decay, (1.0 + step_f) / (10.0 + step_f))
-        ema = optax.incremental_update(gen, state["ema"], 1.0 - decay)
+        ema = loop.ema_update(state["ema"], gen, state["step"], config.ema_decay)
         new_state = dict(state, step=state["step"] + 1, gen=gen, disc=disc, ema=ema,
                          opt_gen=opt_gen, opt_disc=opt_disc)
         return new_state, metrics
@@ -157,6 +149,34 @@ def save_sample_grid(path: str, grid: np.ndarray) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# Reading a trained model back.
+
+def load_workdir_config(workdir: str):
+    """The config a stage-1 run was started with (`WORKDIR/config.json`)."""
+    return loop.load_config(workdir, "a stage-1")
+
+
+def restore_generator(workdir: str, step: int | None = None, *, ema: bool = True):
+    """(FaceLatentModel, config, step) from a stage-1 workdir: the EMA weights by default.
+
+    Restores on one device; the discriminator and optimiser states are read but discarded.
+    """
+    from vasa_jax.errors import ConfigError
+
+    config = load_workdir_config(workdir)
+    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    (g_def, _), _, abstract, shardings = build_state_fns(config, mesh)
+    target = loop.sharded_abstract(abstract, shardings)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    with Checkpointer(ckpt_dir) as ckpt:
+        if ckpt.latest_step() is None:
+            raise ConfigError(f"no checkpoint in {ckpt_dir}: train stage 1 first")
+        state = ckpt.restore(target, step=step)
+    gen = nnx.merge(g_def, state["ema" if ema else "gen"], state["gen_rest"])
+    return gen, config, int(state["step"])
+
+
+# ----------------------------------------------------------------------------------------------
 # The loop.
 
 
@@ -166,80 +186,53 @@ def train(config, workdir: str) -> dict:
     from vasa_jax.models.vgg import make_perceptual
 
     jax.config.update("jax_threefry_partitionable", True)
-    os.makedirs(workdir, exist_ok=True)
+    check(config.loss.cross_id == 0 or config.identity_net,
+          f"loss.cross_id={config.loss.cross_id} needs a trained identity network: set "
+          f"--config.identity_net=PATH (python -m vasa_jax.train.identity) or "
+          f"--config.loss.cross_id=0")
+    loop.save_config(config, workdir)
 
     # Mesh.
-    num_devices = config.mesh.get("num_devices", 0)
-    mesh = sharding.mesh_from_config(
-        config.mesh, devices=jax.devices()[:num_devices] if num_devices else None)
-    batch_sharding = sharding.batch_sharding(mesh)
-    n_proc = jax.process_count()
-    n_batch_shards = int(np.prod([mesh.shape[a] for a in sharding.batch_axes(mesh)]))
-    check(config.batch_size % n_batch_shards == 0 and config.batch_size % n_proc == 0,
-          f"batch_size={config.batch_size} must be divisible by the data×fsdp mesh size "
-          f"({n_batch_shards}) and the process count ({n_proc})")
+    mesh, batch_sharding, local_batch = loop.setup_mesh(config)
 
     # Data.
     data_dir = config.data.data_dir or os.path.join(workdir, "data")
     sources = builders.prepare_synthtalk(data_dir, **config.data.synthtalk.to_dict())
-    dataset = pipelines.stage1_dataset(sources["train"], batch_size=config.batch_size // n_proc,
-                                       seed=config.seed)
-    data_iter = iter(dataset)
+    data_iter = iter(pipelines.stage1_dataset(sources["train"], batch_size=local_batch,
+                                              seed=config.seed))
 
-    # Model, optimiser, EMA: created already sharded.
+    # Model, optimiser, EMA: created already sharded (or restored onto this mesh).
     graphdefs, init, abstract, shardings = build_state_fns(config, mesh)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
                         save_interval_steps=config.ckpt_every, max_to_keep=config.keep_checkpoints)
-    abstract_sharded = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    if ckpt.latest_step() is not None:
-        state = ckpt.restore(abstract_sharded, data_iter=data_iter)
-        log.info("resumed from step %d", int(state["step"]))
-    else:
-        state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
+    state = loop.restore_or_init(ckpt, init, abstract, shardings, jax.random.key(config.seed),
+                                 data_iter)
 
+    # Update steps.
     perceptual_fn = make_perceptual(config.loss_vgg_weights or None)
-    check(config.loss.cross_id == 0 or config.identity_net,
-          f"loss.cross_id={config.loss.cross_id} needs a trained identity network: set "
-          f"--config.identity_net=PATH or --config.loss.cross_id=0")
-    check(not config.identity_net, "identity_net checkpoints are not supported yet: set "
-          "--config.identity_net='' and --config.loss.cross_id=0")
-    train_step, sample_step = make_steps(config, graphdefs, perceptual_fn)
+    id_fn = None
+    if config.identity_net and config.loss.cross_id > 0:
+        from vasa_jax.models.identity_net import load_identity_fn
+
+        id_fn = load_identity_fn(config.identity_net)
+        log.info("l_cross-id on (weight %g) with the identity network in %s",
+                 config.loss.cross_id, config.identity_net)
+    train_step, sample_step = make_steps(config, graphdefs, perceptual_fn, id_fn)
     train_step = jax.jit(train_step, in_shardings=(shardings, batch_sharding),
                          out_shardings=(shardings, None), donate_argnums=0)
     sample_step = jax.jit(sample_step, in_shardings=(shardings, batch_sharding))
 
+    def to_device(batch):
+        return pipelines.global_batch({k: batch[k] for k in ("source", "driver", "other")}, mesh)
+
+    def on_sample(state, batch, step):
+        grid = np.asarray(jax.device_get(sample_step(state, batch)))
+        if jax.process_index() == 0:
+            save_sample_grid(os.path.join(workdir, "samples", f"{step:07d}.png"), grid)
+
     # Loop.
-    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
-    timer = StepTimer()
-    step = int(state["step"])
-    last_good = ckpt.latest_step()
-    metrics = {}
-    image_keys = ("source", "driver", "other")
-    try:
-        while step < config.steps:
-            batch = next(data_iter)
-            batch = pipelines.global_batch({k: batch[k] for k in image_keys}, mesh)
-            state, metrics = train_step(state, batch)
-            step += 1
-            will_save = ckpt.should_save(step) or step == config.steps
-            if step % config.log_every == 0 or step == config.steps or will_save:
-                host = jax.device_get(metrics)
-                # Checked before any save, so a non-finite state never becomes a checkpoint.
-                check_finite(step, host, last_good)
-                if step % config.log_every == 0 or step == config.steps:
-                    host["steps_per_s"] = timer.tick(step)
-                    writer.write(step, host)
-            if step % config.sample_every == 0 or step == config.steps:
-                grid = np.asarray(jax.device_get(sample_step(state, batch)))
-                if jax.process_index() == 0:
-                    save_sample_grid(os.path.join(workdir, "samples", f"{step:07d}.png"), grid)
-            if will_save and ckpt.save(step, state, data_iter=data_iter, force=True):
-                last_good = step
-    finally:
-        ckpt.close()
-        writer.close()
-    return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+    return loop.run(config, workdir, state=state, train_step=train_step, data_iter=data_iter,
+                    to_device=to_device, ckpt=ckpt, on_sample=on_sample)
 
 
 def main(argv):
