@@ -90,3 +90,62 @@ def make_identity_fn(graphdef: nnx.GraphDef, state: nnx.State) -> IdentityFeatur
         return nnx.merge(graphdef, jax.lax.stop_gradient(state))(images)
 
     return id_fn
+
+
+# ----------------------------------------------------------------------------------------------
+# Saved networks: `WORKDIR/identity_net/` = net.json (architecture) + an orbax params checkpoint.
+
+NET_JSON = "net.json"
+
+
+def save_identity_net(directory: str, net: IdentityNet, arch: dict, metrics: dict | None = None
+                      ) -> None:
+    """Writes `directory/net.json` (arch + metrics) and `directory/params` (orbax, no pickle)."""
+    import json
+    import os
+
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    params = nnx.state(net, nnx.Param).to_pure_dict()
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(directory, "params"), params, force=True)
+    with open(os.path.join(directory, NET_JSON), "w", encoding="utf-8") as f:
+        json.dump({"kind": "synthtalk_identity_net", "arch": arch, "metrics": metrics or {}}, f,
+                  indent=1)
+
+
+def load_identity_net(directory: str) -> tuple[IdentityNet, dict]:
+    """Loads a network written by `save_identity_net` → (IdentityNet, net.json contents)."""
+    import json
+    import os
+
+    import orbax.checkpoint as ocp
+
+    from vasa_jax.errors import ConfigError
+
+    directory = os.path.abspath(os.fspath(directory))
+    meta_path = os.path.join(directory, NET_JSON)
+    if not os.path.isfile(meta_path):
+        raise ConfigError(f"identity network {directory!r} has no {NET_JSON}: train one with "
+                          "`python -m vasa_jax.train.identity --workdir W` and pass "
+                          "W/identity_net")
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    arch = meta["arch"]
+    abstract = nnx.eval_shape(lambda: IdentityNet(arch["dim"], tuple(arch["channels"]),
+                                                  rngs=nnx.Rngs(0)))
+    graphdef, abs_params = nnx.split(abstract, nnx.Param)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          abs_params.to_pure_dict())
+    with ocp.StandardCheckpointer() as ckptr:
+        params = ckptr.restore(os.path.join(directory, "params"), target)
+    return nnx.merge(graphdef, params), meta
+
+
+def load_identity_fn(directory: str) -> IdentityFeatureFn:
+    """A frozen `IdentityFeatureFn` from a saved SynthTalk identity network."""
+    net, _ = load_identity_net(directory)
+    graphdef, state = nnx.split(net)
+    return make_identity_fn(graphdef, state)
