@@ -8,12 +8,15 @@ checkpoint, without writing a checkpoint of the bad state.
 import os
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
+from vasa_jax import sharding
+from vasa_jax.checkpoint import Checkpointer
 from vasa_jax.config_util import load_config
 from vasa_jax.train.common import NonFiniteLossError, read_metrics
-from vasa_jax.train.face_latent import train
+from vasa_jax.train.face_latent import build_state_fns, train
 
 CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "face_latent.py")
 
@@ -72,6 +75,70 @@ def test_sharded_step_equals_single_device(tmp_path, data_dir, devices):
         # Step 2's losses are computed with step 1's updated parameters, so they also check
         # that the sharded update equals the single-device one.
         assert rb["grad_norm"] == pytest.approx(ra["grad_norm"], rel=3e-5)
+    # The parameters themselves after two steps (generator, discriminator, EMA), read back
+    # from each run's final checkpoint onto one device.
+    pa = _final_state(_config(data_dir, steps=2), single)
+    pb = _final_state(_config(data_dir, steps=2), sharded)
+    assert int(pa["step"]) == int(pb["step"]) == 2
+    # Relative to each tree's largest parameter: zero-initialised conv biases that feed a
+    # GroupNorm have an exactly-zero gradient in exact arithmetic, and Adam rescales the float
+    # noise they receive to ±lr-sized steps (~1e-7 here) on any mesh, so a per-tensor relative
+    # measure of those tensors compares noise with noise.
+    for tree in ("gen", "disc", "ema"):
+        a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(pa[tree])])
+        b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(pb[tree])])
+        assert a.shape == b.shape and np.any(a != 0)
+        assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(a)), tree
+
+
+def _final_state(config, workdir):
+    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    _, _, abstract, shardings = build_state_fns(config, mesh)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+    with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+        return jax.device_get(ckpt.restore(target))
+
+
+def test_cross_identity_loss_with_a_trained_identity_net(tmp_path, data_dir):
+    from vasa_jax.models.identity_net import load_identity_net
+    from vasa_jax.train import identity
+
+    id_cfg = load_config(str(Path(CONFIG).with_name("identity.py")) + ":tiny")
+    id_cfg.data.data_dir = data_dir
+    id_cfg.data.synthtalk.update(_config(data_dir).data.synthtalk.to_dict())
+    id_cfg.steps, id_cfg.batch_size, id_cfg.log_every = 3, 4, 1
+    id_dir = str(tmp_path / "idnet")
+    metrics = identity.train(id_cfg, id_dir)
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and metrics["train"]["queries"] > 0
+    net, meta = load_identity_net(os.path.join(id_dir, "identity_net"))
+    assert meta["arch"]["dim"] == id_cfg.net.dim
+    emb = net(np.zeros((2, 64, 64, 3), np.float32))
+    assert emb.shape == (2, id_cfg.net.dim)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(emb), axis=-1), 1.0, rtol=1e-5)
+
+    workdir = str(tmp_path / "xid")
+    train(_config(data_dir, steps=2, identity_net=os.path.join(id_dir, "identity_net"),
+                  **{"loss.cross_id": 0.5}), workdir)
+    rows = read_metrics(workdir)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(0.0 <= r["cross_id"] <= 2.0 for r in rows)
+
+
+def test_cross_identity_weight_without_a_network_is_refused(tmp_path, data_dir):
+    from vasa_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="identity_net"):
+        train(_config(data_dir, steps=1, **{"loss.cross_id": 0.5}), str(tmp_path / "w"))
+
+
+def test_time_budget_stops_early_and_saves(tmp_path, data_dir):
+    workdir = str(tmp_path / "budget")
+    # A budget of ~0 s: training stops right after the second step and checkpoints it.
+    train(_config(data_dir, steps=50, max_train_minutes=1e-9, ckpt_every=100), workdir)
+    rows = read_metrics(workdir)
+    assert rows[-1]["step"] == 2 and rows[-1]["train_minutes"] >= 0.0
+    assert os.listdir(os.path.join(workdir, "checkpoints")).count("2") == 1
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):

@@ -1,0 +1,330 @@
+"""Stage-1 evaluation on held-out SynthTalk identities.
+
+    python -m vasa_jax.eval.face_latent --workdir W [--out W/eval]
+
+Reads the run's config and latest checkpoint (EMA weights) from the stage-1 workdir and reports:
+
+- **self-reenactment PSNR**: for every held-out clip, frames 0 and T/2 are sources and every
+  other frame of that clip is a driver; the reconstruction is compared with the driver frame.
+- **cross-identity PSNR**: the first clip of each held-out identity is the source (frame 0); the
+  drivers are frames of every other held-out identity's first clip. The reference is SynthTalk's
+  own render of the *source* identity with the *driver's* factors (pose, translation, distance,
+  gaze, blink, mouth, emotion) — the image a perfect reenactment would produce.
+- **disentanglement**: ridge probes fitted on the train identities' codes, scored (R²) on the
+  held-out identities: z_pose → rotation, translation, scale; z_dyn → mouth, eye-in-head gaze,
+  blink, emotion (one-hot, plus argmax accuracy). Identity probes on the held-out identities
+  (fitted on clip 0, tested on clip 1): from z_dyn (should be near chance), z_pose, z_id.
+- baselines: the PSNR of simply returning the source frame (no motion transferred), for both.
+- a sample grid PNG: source | driver | self-recon | cross driver | cross result | truth.
+
+Writes `OUT/eval.json` and `OUT/samples.png`. PSNR is on 8-bit RGB frames (peak 255).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+log = logging.getLogger(__name__)
+
+TARGETS = {"self_psnr": 28.0, "cross_psnr": 24.0, "pose_r2": 0.95, "mouth_r2": 0.9}
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics (numpy).
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image PSNR (dB) of uint8 (or 0..255 float) images [..., H, W, C] → [...]."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    mse = np.mean((a - b) ** 2, axis=(-3, -2, -1))
+    return 10.0 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
+
+
+def _design(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    z = (x - mean) / std
+    return np.concatenate([z, np.ones((len(z), 1))], axis=1)
+
+
+def ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float = 1e-3) -> dict:
+    """Linear least squares (features standardised, small ridge) y ≈ [x, 1] W."""
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64).reshape(len(x), -1)
+    mean, std = x.mean(0), x.std(0) + 1e-8
+    a = _design(x, mean, std)
+    reg = alpha * len(x) * np.eye(a.shape[1])
+    reg[-1, -1] = 0.0  # no penalty on the bias
+    w = np.linalg.solve(a.T @ a + reg, a.T @ y)
+    return dict(w=w, mean=mean, std=std)
+
+
+def ridge_predict(probe: dict, x: np.ndarray) -> np.ndarray:
+    return _design(np.asarray(x, np.float64), probe["mean"], probe["std"]) @ probe["w"]
+
+
+def r2_score(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Coefficient of determination per output column: 1 − SSE / SST (on the scored set)."""
+    y = np.asarray(y, np.float64).reshape(len(y), -1)
+    pred = np.asarray(pred, np.float64).reshape(len(y), -1)
+    sse = np.sum((y - pred) ** 2, 0)
+    sst = np.sum((y - y.mean(0)) ** 2, 0)
+    return 1.0 - sse / np.maximum(sst, 1e-12)
+
+
+def probe_r2(x_train, y_train, x_test, y_test, alpha: float = 1e-3) -> dict:
+    probe = ridge_fit(x_train, y_train, alpha)
+    per_dim = r2_score(y_test, ridge_predict(probe, x_test))
+    return dict(r2=float(np.mean(per_dim)), r2_per_dim=[float(v) for v in per_dim])
+
+
+def probe_accuracy(x_train, labels_train, x_test, labels_test, alpha: float = 1e-3) -> float:
+    """Linear classifier (ridge regression onto one-hot labels, argmax) accuracy on the test set."""
+    classes = np.unique(labels_train)
+    onehot = (labels_train[:, None] == classes[None]).astype(np.float64)
+    pred = classes[ridge_predict(ridge_fit(x_train, onehot, alpha), x_test).argmax(1)]
+    return float(np.mean(pred == labels_test))
+
+
+# ----------------------------------------------------------------------------------------------
+# Model functions.
+
+
+def _jitted(gen):
+    graphdef, state = nnx.split(gen)
+
+    @jax.jit
+    def encode(state, frames):
+        g = nnx.merge(graphdef, state)
+        return g.encode(frames.astype(jnp.float32) / 127.5 - 1.0)
+
+    @jax.jit
+    def decode(state, src, drv):
+        g = nnx.merge(graphdef, state)
+        img = g.decode(src["v_app"], src["z_id"], src["z_pose"], src["z_dyn"],
+                       drv["z_pose"], drv["z_dyn"])
+        return jnp.clip(jnp.round((img + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+    return (lambda frames: encode(state, frames)), (lambda s, d: decode(state, s, d))
+
+
+def _batched(fn, *arrays, batch: int = 64):
+    out = []
+    n = len(jax.tree.leaves(arrays)[0])
+    for i in range(0, n, batch):
+        out.append(jax.device_get(fn(*jax.tree.map(lambda a: a[i:i + batch], arrays))))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *out)
+
+
+def _load_split(source) -> list[dict]:
+    from vasa_jax.data import builders
+
+    clips = []
+    for r in range(len(source)):
+        rec = source[r]
+        clip = {k: np.asarray(v) for k, v in rec.items() if k != "frames"}
+        clip["frames"] = builders.decode_frames(rec["frames"])
+        clips.append(clip)
+    return clips
+
+
+def _codes(encode, clips: list[dict], keep_app: bool = False) -> list[dict]:
+    out = []
+    for c in clips:
+        codes = _batched(encode, c["frames"])
+        if not keep_app:
+            codes.pop("v_app")
+        out.append(codes)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The evaluation.
+
+
+def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = None,
+             cross_frames: int = 10, grid_rows: int = 6) -> dict[str, Any]:
+    from vasa_jax.data import builders, synthtalk
+    from vasa_jax.data.synthtalk.identity import sample_identity
+    from vasa_jax.train.face_latent import restore_generator, save_sample_grid
+
+    gen, config, trained_step = restore_generator(workdir, step)
+    out_dir = out_dir or os.path.join(workdir, "eval")
+    data_dir = config.data.data_dir or os.path.join(workdir, "data")
+    st = config.data.synthtalk.to_dict()
+    sources = builders.prepare_synthtalk(data_dir, **st)
+    resolution = int(st["resolution"])
+    encode, decode = _jitted(gen)
+    train_clips, test_clips = _load_split(sources["train"]), _load_split(sources["test"])
+    log.info("encoding %d train and %d test clips", len(train_clips), len(test_clips))
+    train_codes = _codes(encode, train_clips)
+    test_codes = _codes(encode, test_clips)
+
+    def take(codes, idx):
+        return jax.tree.map(lambda a: a[idx], codes)
+
+    first_clip: dict[int, int] = {}  # held-out identity → index of its first clip
+    for ci, clip in enumerate(test_clips):
+        first_clip.setdefault(int(clip["identity"]), ci)
+
+    # Self-reenactment: sources frame 0 and T/2 of each held-out clip, every other frame drives.
+    self_psnr, copy_psnr, grid = [], [], {}
+    for ci, clip in enumerate(test_clips):
+        frames = clip["frames"]
+        t = len(frames)
+        full = _batched(encode, frames[:1]), _batched(encode, frames[t // 2:t // 2 + 1])
+        for s_idx, src in zip((0, t // 2), full):
+            drivers = np.asarray([i for i in range(t) if i != s_idx])
+            src_rep = jax.tree.map(lambda a: np.repeat(a, len(drivers), 0), src)
+            recon = _batched(decode, src_rep, take(test_codes[ci], drivers))
+            self_psnr.extend(psnr(recon, frames[drivers]).tolist())
+            copy_psnr.extend(psnr(frames[s_idx][None], frames[drivers]).tolist())
+            if s_idx == 0 and first_clip[int(clip["identity"])] == ci:
+                k = len(drivers) // 2
+                grid[ci] = [frames[0], frames[drivers[k]], recon[k]]
+
+    # Cross-identity: source = first clip of identity A (frame 0), drivers = frames of the first
+    # clip of every other held-out identity; reference = SynthTalk render of A with their factors.
+    cross_psnr, cross_copy_psnr, cross_rows = [], [], {}
+    factor_keys = ("rotation", "translation", "distance", "eye_gaze", "blink", "mouth")
+    for a_id, a_ci in first_clip.items():
+        src = _batched(encode, test_clips[a_ci]["frames"][:1])
+        identity_a = sample_identity(a_id)
+        for b_id, b_ci in first_clip.items():
+            if b_id == a_id:
+                continue
+            drv_clip = test_clips[b_ci]
+            t = len(drv_clip["frames"])
+            idx = np.linspace(0, t - 1, cross_frames).round().astype(int)
+            factors = {k: drv_clip[k][idx] for k in factor_keys}
+            truth = synthtalk.render_frames(identity_a, factors, int(drv_clip["emotion"]),
+                                            resolution)
+            src_rep = jax.tree.map(lambda a: np.repeat(a, len(idx), 0), src)
+            result = _batched(decode, src_rep, take(test_codes[b_ci], idx))
+            cross_psnr.extend(psnr(result, truth).tolist())
+            cross_copy_psnr.extend(psnr(test_clips[a_ci]["frames"][:1], truth).tolist())
+            if a_ci not in cross_rows:
+                k = len(idx) // 2
+                cross_rows[a_ci] = [drv_clip["frames"][idx[k]], result[k], truth[k]]
+
+    # Probes: fit on train identities, score on held-out identities.
+    def stack(codes, clips, key_code, key_truth=None, fn=None):
+        x = np.concatenate([c[key_code] for c in codes])
+        if key_truth is None:
+            return x
+        y = np.concatenate([fn(c) if fn else c[key_truth] for c in clips])
+        return x, y
+
+    def emotion_onehot(c):
+        e = np.zeros((len(c["frames"]), len(synthtalk.EMOTIONS)))
+        e[:, int(c["emotion"])] = 1.0
+        return e
+
+    probes = {}
+    for name, code, fn in [
+        ("pose_rotation", "z_pose", lambda c: c["rotation"]),
+        ("pose_translation", "z_pose", lambda c: c["translation"]),
+        ("pose_scale", "z_pose", lambda c: c["scale"]),
+        ("dyn_mouth", "z_dyn", lambda c: c["mouth"]),
+        ("dyn_mouth_opening", "z_dyn", lambda c: c["mouth"][:, :1]),
+        ("dyn_gaze", "z_dyn", lambda c: c["eye_gaze"]),
+        ("dyn_blink", "z_dyn", lambda c: c["blink"]),
+        ("dyn_emotion", "z_dyn", emotion_onehot),
+        # Leakage checks: how much of the pose is readable from z_dyn, and mouth from z_pose.
+        ("dyn_to_rotation", "z_dyn", lambda c: c["rotation"]),
+        ("pose_to_mouth", "z_pose", lambda c: c["mouth"]),
+    ]:
+        xtr, ytr = stack(train_codes, train_clips, code, name, fn)
+        xte, yte = stack(test_codes, test_clips, code, name, fn)
+        probes[name] = probe_r2(xtr, ytr, xte, yte)
+    emo_tr = np.concatenate([np.full(len(c["frames"]), int(c["emotion"])) for c in train_clips])
+    emo_te = np.concatenate([np.full(len(c["frames"]), int(c["emotion"])) for c in test_clips])
+    probes["dyn_emotion"]["accuracy"] = probe_accuracy(
+        stack(train_codes, train_clips, "z_dyn"), emo_tr,
+        stack(test_codes, test_clips, "z_dyn"), emo_te)
+    probes["dyn_emotion"]["chance"] = float(np.max(np.bincount(emo_te)) / len(emo_te))
+
+    # Identity probes on the held-out identities: fit on each identity's first clip, test on
+    # the rest.
+    ids = np.concatenate([np.full(len(c["frames"]), int(c["identity"])) for c in test_clips])
+    is_first = np.concatenate([np.full(len(c["frames"]), first_clip[int(c["identity"])] == ci)
+                               for ci, c in enumerate(test_clips)])
+    identity_probe = {"chance": 1.0 / len(first_clip)}
+    for code in ("z_dyn", "z_pose", "z_id"):
+        x = stack(test_codes, test_clips, code)
+        identity_probe[code] = probe_accuracy(x[is_first], ids[is_first], x[~is_first],
+                                              ids[~is_first])
+
+    result = {
+        "workdir": os.path.abspath(workdir),
+        "step": trained_step,
+        "data": st,
+        "self_psnr": float(np.mean(self_psnr)),
+        "self_psnr_pairs": len(self_psnr),
+        "cross_psnr": float(np.mean(cross_psnr)),
+        # Baselines: the source frame itself as the answer (no motion transferred at all).
+        "self_psnr_copy_source": float(np.mean(copy_psnr)),
+        "cross_psnr_copy_source": float(np.mean(cross_copy_psnr)),
+        "cross_psnr_pairs": len(cross_psnr),
+        "probes": probes,
+        "identity_probe": identity_probe,
+        "targets": TARGETS,
+    }
+    result["meets"] = {
+        "self_psnr": result["self_psnr"] >= TARGETS["self_psnr"],
+        "cross_psnr": result["cross_psnr"] >= TARGETS["cross_psnr"],
+        "pose_r2": probes["pose_rotation"]["r2"] >= TARGETS["pose_r2"],
+        "mouth_r2": probes["dyn_mouth"]["r2"] >= TARGETS["mouth_r2"],
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "eval.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+    rows = [grid[ci] + cross_rows[ci] for ci in sorted(cross_rows)][:grid_rows]
+    if rows:
+        arr = np.asarray(rows, np.float32) / 127.5 - 1.0  # [rows, 6, H, W, 3]
+        save_sample_grid(os.path.join(out_dir, "samples.png"), arr)
+    return result
+
+
+def summary(result: dict) -> str:
+    p = result["probes"]
+    lines = [
+        f"step {result['step']}",
+        f"self-reenactment PSNR  {result['self_psnr']:.2f} dB ({result['self_psnr_pairs']} pairs)",
+        f"cross-identity PSNR    {result['cross_psnr']:.2f} dB "
+        f"({result['cross_psnr_pairs']} pairs)",
+        f"copy-the-source baseline: self {result['self_psnr_copy_source']:.2f} dB, "
+        f"cross {result['cross_psnr_copy_source']:.2f} dB",
+    ]
+    for k, v in p.items():
+        extra = f"  acc {v['accuracy']:.3f} (chance {v['chance']:.3f})" if "accuracy" in v else ""
+        lines.append(f"R² {k:<18} {v['r2']:.3f}{extra}")
+    ip = result["identity_probe"]
+    lines.append("identity probe accuracy (chance %.3f): z_dyn %.3f, z_pose %.3f, z_id %.3f"
+                 % (ip["chance"], ip["z_dyn"], ip["z_pose"], ip["z_id"]))
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    from absl import flags
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = evaluate(flags.FLAGS.workdir, flags.FLAGS.out or None)
+    print(summary(result))
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_string("workdir", None, "stage-1 workdir (config.json + checkpoints/)")
+    flags.DEFINE_string("out", "", "output folder (default WORKDIR/eval)")
+    flags.mark_flags_as_required(["workdir"])
+    app.run(main)
