@@ -24,3 +24,69 @@ def devices():
     devs = jax.devices()
     assert len(devs) == 8, f"expected 8 fake CPU devices, got {len(devs)}"
     return devs
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage-1 / stage-2 fixtures shared by the stage-2 and evaluation tests.
+
+from pathlib import Path  # noqa: E402
+
+_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+STAGE_SYNTH = dict(resolution=64, num_frames=20, num_train_identities=4, num_test_identities=2,
+                   clips_per_identity=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def face_workdir(tmp_path_factory):
+    """A stage-1 workdir holding a real (untrained, freshly initialised) orbax checkpoint."""
+    from vasa_jax import sharding
+    from vasa_jax.checkpoint import Checkpointer
+    from vasa_jax.config_util import load_config
+    from vasa_jax.train import face_latent, loop
+
+    workdir = str(tmp_path_factory.mktemp("face"))
+    cfg = load_config(f"{_CONFIGS / 'face_latent.py'}:tiny")
+    cfg.data.data_dir = os.path.join(workdir, "data")
+    cfg.data.synthtalk.update(STAGE_SYNTH)
+    loop.save_config(cfg, workdir)
+    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    _, init, _, shardings = face_latent.build_state_fns(cfg, mesh)
+    state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+    with Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False) as ckpt:
+        ckpt.save(0, state, force=True)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def latent_dir(face_workdir, tmp_path_factory):
+    """The stage-2 latent data set extracted from `face_workdir` (3 clips per shard)."""
+    from vasa_jax.train import extract_latents
+
+    out = str(tmp_path_factory.mktemp("latents"))
+    extract_latents.extract(face_workdir, out, shard_size=3, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def motion_workdir(latent_dir, tmp_path_factory):
+    """A stage-2 workdir: the tiny MotionDiT trained for 2 steps on `latent_dir` (1 device)."""
+    from vasa_jax.config_util import load_config
+    from vasa_jax.train import motion as motion_train
+
+    cfg = load_config(f"{_CONFIGS / 'motion.py'}:tiny")
+    cfg.latents_dir = latent_dir
+    cfg.batch_size, cfg.steps, cfg.log_every, cfg.ckpt_every = 8, 2, 1, 2
+    cfg.mesh.num_devices, cfg.mesh.data = 1, 1
+    workdir = str(tmp_path_factory.mktemp("motion"))
+    motion_train.train(cfg, workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(face_workdir, motion_workdir, tmp_path_factory):
+    """An inference bundle exported from the two fixture workdirs."""
+    from vasa_jax.train.export import export_bundle
+
+    out = str(tmp_path_factory.mktemp("bundle"))
+    export_bundle(face_workdir, motion_workdir, out)
+    return out
