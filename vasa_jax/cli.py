@@ -1,8 +1,9 @@
 """The `vasa-jax` command.
 
 Subcommands: `preview` (a SynthTalk clip as mp4 + contact sheet), `synthtalk-build` (a SynthTalk
-data set as tfds/array_record). Training, `generate` and
-`demo` join as their stages land.
+data set as tfds/array_record), `generate` (portrait + speech → talking-face mp4 with a model
+bundle), `export` (two training workdirs → a model bundle) and `demo` (data, both training
+stages, generation and metrics on CPU, from nothing).
 """
 
 from __future__ import annotations
@@ -33,6 +34,125 @@ def _synthtalk_build(args) -> int:
     return 0
 
 
+def _numbers(text, name: str, n: int | None, hint: str) -> list[float] | None:
+    from vasa_jax.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in str(text).replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        values = []
+    if not values or (n is not None and len(values) != n):
+        raise ConfigError(f"--{name} {text!r}: expected {hint}")
+    return values
+
+
+def _generate(args) -> int:
+    import pathlib
+
+    from vasa_jax.errors import ConfigError
+    from vasa_jax.inference import generate as G
+
+    out = pathlib.Path(args.out)
+    png = bool(args.frames_dir)
+    if png and out.suffix:
+        raise ConfigError(f"--frames-dir writes PNG frames into a directory: give --out without "
+                          f"a suffix (not {out.name!r})")
+    if not png and out.suffix.lower() not in G.VIDEO_SUFFIXES:
+        raise ConfigError(f"--out {out.name!r}: use a .mp4 path (or --frames-dir with a "
+                          "directory for PNG frames)")
+    if args.audio is None and args.driving_video is None:
+        raise ConfigError("--audio is required (a wav/flac/mp3/m4a speech track), unless "
+                          "--driving-video is given")
+    if args.stream and args.driving_video:
+        raise ConfigError("--stream does not apply to --driving-video (reenactment is offline)")
+    gaze = _numbers(args.gaze, "gaze", 2, "two numbers θ,φ in degrees, e.g. --gaze 0,5")
+    distance = _numbers(args.distance, "distance", 1, "one number, e.g. --distance 3.2")
+    box = _numbers(args.box, "box", 4, "four pixel numbers x0,y0,x1,y1")
+    emotion = args.emotion
+    if emotion is not None and ("," in emotion or emotion.strip().lstrip("-").isdigit()):
+        vec = _numbers(emotion, "emotion", None, "a name (happy, ...), an index or a vector")
+        emotion = int(vec[0]) if "," not in args.emotion else vec
+    cfg = {}
+    for item in args.cfg or []:
+        name, eq, value = item.partition("=")
+        vals = _numbers(value, "cfg", 1, "NAME=VALUE, e.g. --cfg emotion=0.5") if eq else None
+        if not vals:
+            raise ConfigError(f"--cfg {item!r}: expected NAME=VALUE, e.g. --cfg emotion=0.5")
+        cfg[name.strip()] = vals[0]
+    for name in ("audio", "gaze"):
+        value = getattr(args, f"cfg_{name}")
+        if value is not None:
+            cfg[name] = value
+    controls = G.Controls(gaze=gaze, distance=None if distance is None else distance[0],
+                          emotion=emotion, cfg=cfg or None, steps=args.steps, seed=args.seed,
+                          head_pose=args.head_pose, driving_video=args.driving_video)
+
+    # Cheap checks first (files, audio), then the model.
+    image = G.to_rgb_array(args.image)
+    wav = G.load_audio(args.audio) if args.audio is not None else None
+    if args.driving_video is not None and not pathlib.Path(args.driving_video).is_file():
+        raise ConfigError(f"driving video not found: {args.driving_video} (check the path)")
+    gen = G.Generator.from_bundle(args.checkpoint, wav2vec2_path=args.wav2vec2,
+                                  render_batch=args.render_batch)
+    gen.resolve(controls)
+    gen.prepare(image, box=box, name=args.image)
+
+    from tqdm import tqdm
+
+    if args.stream:
+        chunk = max(1, int(args.chunk_ms * G.SAMPLE_RATE / 1000))
+        total = len(wav) // G.SAMPLES_PER_FRAME
+        batches = gen.stream((wav[i:i + chunk] for i in range(0, len(wav), chunk)), controls)
+    else:
+        total, _, pairs = gen.iter_generate(wav, controls)
+        batches = (frames for frames, _ in pairs)
+    with tqdm(total=total, unit="frame", desc="generate", disable=True if args.no_progress
+              else None, dynamic_ncols=True) as bar:
+        def frames():
+            for batch in batches:
+                yield from batch
+                bar.update(len(batch))
+
+        G.write(frames(), wav, out, png=png)
+    seconds = total / G.FPS
+    print(f"wrote {out} ({total} frames, {seconds:.2f} s at {G.FPS} fps; checkpoint "
+          f"{gen.bundle.checkpoint_hash[:16]})")
+    return 0
+
+
+def _demo(args) -> int:
+    import logging
+
+    from vasa_jax.demo import run_demo
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in ("absl", "orbax", "jax"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    r = run_demo(args.workdir, args.out, minutes_stage1=args.minutes_stage1,
+                 minutes_stage2=args.minutes_stage2)
+    m = r["metrics"]
+    mc = m["mouth_correlation"]
+    print(f"wrote {r['video']} and {r['contact_sheet']} (timings, s: {r['timings_s']})")
+    print(f"held-out clips: {m['clips']}; mouth-opening correlation with the speech's ground "
+          f"truth: generated video {mc['generated_video']['mean']:+.3f}, from another clip's "
+          f"audio {mc['other_audio_video']['mean']:+.3f}, real latents "
+          f"{mc['real_latent']['mean']:+.3f}")
+    print(f"head motion: seed-to-seed |Δangle| {m['head_angle_seed_difference_deg']:.2f}°, "
+          f"temporal std {m['head_angle_temporal_std_deg']:.2f}°; all figures in "
+          f"{args.workdir}/demo.json")
+    return 0
+
+
+def _export(args) -> int:
+    from vasa_jax.train.export import export_bundle
+
+    digest = export_bundle(args.face_workdir, args.motion_workdir, args.out)
+    print(f"wrote {args.out} (checkpoint {digest[:16]})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vasa-jax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +171,59 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config file and size, e.g. configs/synthtalk.py:small")
     b.add_argument("--data-dir", required=True, help="tfds data directory to write into")
     b.set_defaults(func=_synthtalk_build)
+    g = sub.add_parser("generate", help="portrait + speech → talking-face video with a bundle")
+    g.add_argument("--checkpoint", required=True,
+                   help="model bundle folder (from `vasa-jax export` / export_bundle)")
+    g.add_argument("--image", required=True, help="portrait: PNG, JPEG or WebP")
+    g.add_argument("--audio", default=None, help="speech: wav/flac/mp3/m4a, any rate, mono/stereo")
+    g.add_argument("--out", required=True,
+                   help="output .mp4 (H.264 + the audio), or a directory with --frames-dir")
+    g.add_argument("--frames-dir", action="store_true",
+                   help="write PNG frames 000000.png, ... into the --out directory instead")
+    g.add_argument("--box", default=None, help="face box x0,y0,x1,y1 in pixels "
+                   "(default: the centre square of the image)")
+    g.add_argument("--gaze", default=None, help="main gaze θ,φ in degrees, e.g. --gaze=-5,3 "
+                   "(default: the training-set mean)")
+    g.add_argument("--distance", default=None,
+                   help="head-to-camera distance (default: the training-set mean)")
+    g.add_argument("--emotion", default=None,
+                   help="neutral, happy, sad, angry or surprised; an index; or a vector a,b,...")
+    g.add_argument("--steps", type=int, default=None,
+                   help="diffusion steps (default: the bundle's; VASA-1 uses 50, 10 is ~5x faster)")
+    g.add_argument("--cfg-audio", type=float, default=None, help="audio guidance scale λ_A")
+    g.add_argument("--cfg-gaze", type=float, default=None, help="gaze guidance scale λ_g")
+    g.add_argument("--cfg", action="append", metavar="NAME=VALUE",
+                   help="guidance scale of any condition (audio, gaze, distance, emotion, "
+                   "history); repeatable")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--head-pose", default=None, help="pose sequence to follow: .npy or .csv, "
+                   "one row per 25 fps frame: yaw,pitch,roll (degrees) or the 7 z_pose values")
+    g.add_argument("--driving-video", default=None,
+                   help="reenactment: take the motion from this video instead of the audio")
+    g.add_argument("--stream", action="store_true",
+                   help="generate online, window by window from audio chunks (bounded memory)")
+    g.add_argument("--chunk-ms", type=float, default=100.0, help="--stream audio chunk length")
+    g.add_argument("--wav2vec2", default=None,
+                   help="local Hugging Face Wav2Vec2 directory (bundles trained on Wav2Vec2)")
+    g.add_argument("--render-batch", type=int, default=None,
+                   help="frames per decoder call (default: the motion window)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.set_defaults(func=_generate)
+    d = sub.add_parser("demo", help="train tiny stage 1 + 2 on SynthTalk (CPU, minutes) and "
+                       "animate a held-out face with held-out speech")
+    d.add_argument("--workdir", default="vasa_demo", help="where data, checkpoints and metrics "
+                   "go (a rerun resumes)")
+    d.add_argument("--out", default="demo.mp4", help="output video (+ .png contact sheet)")
+    d.add_argument("--minutes-stage1", type=float, default=6.0,
+                   help="stage-1 training budget in minutes")
+    d.add_argument("--minutes-stage2", type=float, default=2.5,
+                   help="stage-2 training budget in minutes")
+    d.set_defaults(func=_demo)
+    e = sub.add_parser("export", help="stage-1 + stage-2 workdirs → an inference bundle")
+    e.add_argument("--face-workdir", required=True)
+    e.add_argument("--motion-workdir", required=True)
+    e.add_argument("--out", required=True, help="bundle folder to write")
+    e.set_defaults(func=_export)
     return parser
 
 

@@ -54,6 +54,42 @@ def contact_sheet(clip: Clip, columns: int = 6, rows: int = 2) -> np.ndarray:
     return np.asarray(sheet)
 
 
+def curves_sheet(frames: np.ndarray, curves: dict[str, np.ndarray], title: str = "",
+                 columns: int = 6, rows: int = 2, plot_h: int = 120) -> np.ndarray:
+    """Evenly spaced frames over a plot of per-frame curves (each scaled to its own range).
+
+    frames uint8 [T, R, R, 3]; curves {label: [T]} drawn in blue, red, green, … → uint8 sheet.
+    """
+    frames = np.asarray(frames)
+    t, r = frames.shape[0], frames.shape[1]
+    picks = np.linspace(0, t - 1, min(columns * rows, t)).round().astype(int)
+    label_h = 14
+    tile_h = r + label_h
+    width = max(columns * r, 360)
+    n_rows = int(np.ceil(len(picks) / columns))
+    sheet = Image.new("RGB", (width, n_rows * tile_h + plot_h + 18), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for k, i in enumerate(picks):
+        x, y = (k % columns) * r, (k // columns) * tile_h
+        sheet.paste(Image.fromarray(frames[i]), (x, y))
+        draw.text((x + 2, y + r + 1), f"#{i}", fill=(0, 0, 0))
+    top = n_rows * tile_h + 14
+    colors = [(40, 80, 220), (220, 40, 40), (30, 150, 60), (150, 60, 160)]
+    names = []
+    for (label, series), color in zip(curves.items(), colors):
+        s = np.asarray(series, np.float64)[:t]
+        lo, hi = float(s.min()), float(s.max())
+        s = (s - lo) / max(hi - lo, 1e-9)
+        xs = np.linspace(2, width - 3, len(s))
+        pts = [(float(xs[i]), float(top + plot_h - 4 - s[i] * (plot_h - 10)))
+               for i in range(len(s))]
+        if len(pts) > 1:
+            draw.line(pts, fill=color, width=1)
+        names.append(f"{label} ({['blue', 'red', 'green', 'purple'][colors.index(color)]})")
+    draw.text((2, top - 13), (title + "  " if title else "") + ", ".join(names), fill=(0, 0, 0))
+    return np.asarray(sheet)
+
+
 def write_preview(out: str | os.PathLike, identity: int = 3, seed: int = 0, seconds: float = 4.0,
                   resolution: int = 256, emotion: str | None = None) -> tuple[Path, Path]:
     """Generates a clip and writes OUT (mp4 with audio) and OUT with .png (contact sheet)."""
