@@ -15,3 +15,21 @@ def test_synthtalk_tour_runs():
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+
+
+def test_quickstart_runs(monkeypatch, tmp_path):
+    """The quickstart (= `vasa-jax demo`) end to end with seconds of training."""
+    import shutil
+
+    monkeypatch.setenv("VASA_QUICKSTART_QUICK", "1")
+    work = tmp_path / "nb"
+    work.mkdir()
+    shutil.copy(NOTEBOOKS / "quickstart.ipynb", work)
+    nb = nbformat.read(work / "quickstart.ipynb", as_version=4)
+    NotebookClient(nb, timeout=900, kernel_name="python3",
+                   resources={"metadata": {"path": str(work)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+    assert (work / "quickstart_run" / "demo.mp4").is_file()
+    assert (work / "quickstart_run" / "demo.json").is_file()
