@@ -127,9 +127,18 @@ def _demo(args) -> int:
 
     from vasa_jax.demo import run_demo
 
+    from absl import logging as absl_logging
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("absl", "orbax", "jax"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax / tfds chatter
+    for name in ("absl", "orbax", "jax", "tensorflow_datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()
+    except ImportError:
+        pass
     r = run_demo(args.workdir, args.out, minutes_stage1=args.minutes_stage1,
                  minutes_stage2=args.minutes_stage2)
     m = r["metrics"]

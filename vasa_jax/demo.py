@@ -124,7 +124,7 @@ def run_demo(workdir: str = "vasa_demo", out: str = "demo.mp4", *,
     sheet_path = os.path.splitext(out)[0] + ".png"
     r = motion_eval.pearson(rms, mouth)
     media.write_png(sheet_path, curves_sheet(
-        result.frames, {"audio energy": rms, "mouth opening (read from the video)": mouth},
+        result.frames, {"audio energy": rms, "mouth opening (probe)": mouth},
         title=f"held-out identity, held-out speech; r = {r:+.2f}"))
     mark("generate", t)
 

@@ -67,13 +67,13 @@ def curves_sheet(frames: np.ndarray, curves: dict[str, np.ndarray], title: str =
     tile_h = r + label_h
     width = max(columns * r, 360)
     n_rows = int(np.ceil(len(picks) / columns))
-    sheet = Image.new("RGB", (width, n_rows * tile_h + plot_h + 18), (255, 255, 255))
+    sheet = Image.new("RGB", (width, n_rows * tile_h + plot_h + 32), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for k, i in enumerate(picks):
         x, y = (k % columns) * r, (k // columns) * tile_h
         sheet.paste(Image.fromarray(frames[i]), (x, y))
         draw.text((x + 2, y + r + 1), f"#{i}", fill=(0, 0, 0))
-    top = n_rows * tile_h + 14
+    top = n_rows * tile_h + 28
     colors = [(40, 80, 220), (220, 40, 40), (30, 150, 60), (150, 60, 160)]
     names = []
     for (label, series), color in zip(curves.items(), colors):
@@ -86,7 +86,9 @@ def curves_sheet(frames: np.ndarray, curves: dict[str, np.ndarray], title: str =
         if len(pts) > 1:
             draw.line(pts, fill=color, width=1)
         names.append(f"{label} ({['blue', 'red', 'green', 'purple'][colors.index(color)]})")
-    draw.text((2, top - 13), (title + "  " if title else "") + ", ".join(names), fill=(0, 0, 0))
+    if title:
+        draw.text((2, top - 27), title, fill=(0, 0, 0))
+    draw.text((2, top - 13), ", ".join(names), fill=(0, 0, 0))
     return np.asarray(sheet)
 
 
