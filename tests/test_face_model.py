@@ -156,3 +156,23 @@ def test_vox512_config_is_valid():
     assert check_model_config(cfg.model) == 3  # 512 → 64
     for key in ("l1", "perceptual", "gan", "feature_matching", "consist", "cross_id"):
         assert key in cfg.loss
+
+
+def test_cached_canonical_volume_decodes_the_same(tiny):
+    """Generation warps the portrait to the canonical volume once; frames then need only the
+    canonical → driver warp. Same images as the full decode."""
+    cfg, model = tiny
+    src, drv = _images(jax.random.key(2), 2, cfg.image_size), _images(jax.random.key(3), 2,
+                                                                        cfg.image_size)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def run(state, src, drv):
+        m = nnx.merge(graphdef, state)
+        e, d = m.encode(src), m.encode(drv)
+        full = m.decode(e["v_app"], e["z_id"], e["z_pose"], e["z_dyn"], d["z_pose"], d["z_dyn"])
+        v_can = m.to_canonical(e["v_app"], e["z_id"], e["z_pose"], e["z_dyn"])
+        return full, m.decode_canonical(v_can, e["z_id"], d["z_pose"], d["z_dyn"])
+
+    full, cached = run(state, src, drv)
+    np.testing.assert_allclose(np.asarray(cached), np.asarray(full), rtol=0, atol=1e-6)

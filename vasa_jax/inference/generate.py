@@ -10,7 +10,8 @@
 
 Pipeline. `prepare` crops the portrait (a pluggable `detector(image) -> (x0, y0, x1, y1)`, a
 user box, or the centre square), resizes it to the model input and runs the stage-1 encoders
-once: {v_app, z_id, z_pose, z_dyn} stay cached. Audio (16 kHz mono; files of any format/rate
+once: {v_app, z_id, z_pose, z_dyn} and the canonical volume (the source → canonical warp
+applied, which depends on the portrait only) stay cached. Audio (16 kHz mono; files of any format/rate
 via `media.read_audio`) becomes features at 25 fps (`bundle.manifest["audio"]`), normalised with
 the bundle's statistics; the MotionDiT samples windows of W frames, each conditioned on the K
 previous frames it generated (and their audio), gaze, distance and emotion, with one CFG scale
@@ -129,7 +130,7 @@ class Source:
 
     image: np.ndarray            # uint8 [S, S, 3]
     box: Box                     # crop box in the input image
-    latents: dict                # v_app, z_id, z_pose, z_dyn
+    latents: dict                # v_app, z_id, z_pose, z_dyn, v_can (canonical volume)
 
 
 @dataclasses.dataclass
@@ -495,7 +496,11 @@ class Generator:
         def encode(state, images):                       # uint8 [1, S, S, 3]
             count("encode")
             model = nnx.merge(f_def, state)
-            return model.encode(images.astype(jnp.float32) / 127.5 - 1.0)
+            lat = model.encode(images.astype(jnp.float32) / 127.5 - 1.0)
+            # The source → canonical warp depends on the portrait only: done once, here.
+            lat["v_can"] = model.to_canonical(lat["v_app"], lat["z_id"], lat["z_pose"],
+                                              lat["z_dyn"])
+            return lat
 
         def encode_motion(state, images):                # uint8 [R, S, S, 3]
             count("encode_motion")
@@ -507,9 +512,9 @@ class Generator:
             count("decode")
             model = nnx.merge(f_def, state)
             r = motion.shape[0]
-            rep = {k: jnp.broadcast_to(v, (r, *v.shape[1:])) for k, v in src.items()}
-            img = model.decode(rep["v_app"], rep["z_id"], rep["z_pose"], rep["z_dyn"],
-                               motion[:, :POSE_DIM], motion[:, POSE_DIM:])
+            rep = {k: jnp.broadcast_to(src[k], (r, *src[k].shape[1:])) for k in ("v_can", "z_id")}
+            img = model.decode_canonical(rep["v_can"], rep["z_id"], motion[:, :POSE_DIM],
+                                         motion[:, POSE_DIM:])
             return jnp.clip(jnp.round((img + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
         self._encode = jax.jit(encode)

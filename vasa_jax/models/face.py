@@ -309,14 +309,24 @@ class FaceLatentModel(nnx.Module):
         return dict(v_app=self.appearance(image), z_id=self.identity(image),
                     z_pose=z_pose, z_dyn=z_dyn)
 
+    def to_canonical(self, v_app, z_id, z_pose_src, z_dyn_src) -> jax.Array:
+        """V_app → canonical volume (w_s→c): [B, D, S', S', C]. Depends on the source only, so
+        generation computes it once per portrait (`decode_canonical` then renders frames)."""
+        return trilinear_sample(v_app, self.warp_s2c(z_pose_src, z_dyn_src, z_id))
+
     def warp(self, v_app, z_id, z_pose_src, z_dyn_src, z_pose_drv, z_dyn_drv) -> jax.Array:
         """V_app → canonical (w_s→c) → driver (w_c→d): [B, D, S', S', C]."""
-        v_can = trilinear_sample(v_app, self.warp_s2c(z_pose_src, z_dyn_src, z_id))
+        v_can = self.to_canonical(v_app, z_id, z_pose_src, z_dyn_src)
         return trilinear_sample(v_can, self.warp_c2d(z_pose_drv, z_dyn_drv, z_id))
 
     def decode(self, v_app, z_id, z_pose_src, z_dyn_src, z_pose_drv, z_dyn_drv) -> jax.Array:
         """Cached source pieces + driver motion → image [B, S, S, 3] in (-1, 1)."""
         return self.decoder(self.warp(v_app, z_id, z_pose_src, z_dyn_src, z_pose_drv, z_dyn_drv))
+
+    def decode_canonical(self, v_can, z_id, z_pose_drv, z_dyn_drv) -> jax.Array:
+        """Canonical volume (from `to_canonical`) + driver motion → image [B, S, S, 3];
+        equal to `decode` with the same source, without redoing the source warp per frame."""
+        return self.decoder(trilinear_sample(v_can, self.warp_c2d(z_pose_drv, z_dyn_drv, z_id)))
 
     def __call__(self, source: jax.Array, driver: jax.Array) -> jax.Array:
         src = self.encode(source)
