@@ -3,7 +3,8 @@
     python -m vasa_jax.train.face_latent --config configs/face_latent.py:tiny --workdir W
 
 Arguments: `tiny` (64² images, tiny channels: CPU tests and demos), `tiny_run` (the tiny model
-with the data and schedule of the documented 30-minute CPU run, docs/face_latent.md), or `vox512` (512² input,
+with the data and schedule of the documented 30-minute CPU run, docs/face_latent.md), `tiny_pose`
+(tiny_run + head-pose supervision from SynthTalk's ground truth), or `vox512` (512² input,
 V_app 16×64×64×96 as in MegaPortraits, id_dim 512, dyn_dim 256). Sizes and parameter counts:
 `python benchmarks/face_latent_cost.py --config configs/face_latent.py:vox512`.
 """
@@ -30,6 +31,7 @@ MODELS = {
 }
 
 MODELS["tiny_run"] = MODELS["tiny"]
+MODELS["tiny_pose"] = MODELS["tiny"]  # tiny_run + the head-pose loss from SynthTalk's truth
 
 TRAIN = {
     "tiny": dict(batch_size=8, lr=2e-4, steps=200, log_every=10, ckpt_every=100,
@@ -37,6 +39,8 @@ TRAIN = {
     # Stops at whichever comes first: `steps` or `max_train_minutes` of training.
     "tiny_run": dict(batch_size=8, lr=3e-4, steps=2000, log_every=50, ckpt_every=500,
                      sample_every=500, warmup_steps=100, max_train_minutes=30.0),
+    "tiny_pose": dict(batch_size=8, lr=3e-4, steps=2000, log_every=50, ckpt_every=500,
+                      sample_every=500, warmup_steps=100, max_train_minutes=30.0),
     "vox512": dict(batch_size=32, lr=2e-4, steps=500_000, log_every=100, ckpt_every=5_000,
                    sample_every=5_000, warmup_steps=2_000),
 }
@@ -44,6 +48,7 @@ TRAIN = {
 DISC = {
     "tiny": dict(num_scales=2, base_channels=16, num_layers=2, max_channels=64),
     "tiny_run": dict(num_scales=2, base_channels=16, num_layers=2, max_channels=64),
+    "tiny_pose": dict(num_scales=2, base_channels=16, num_layers=2, max_channels=64),
     "vox512": dict(num_scales=3, base_channels=64, num_layers=3, max_channels=512),
 }
 
@@ -51,6 +56,8 @@ DATA = {
     # configs/synthtalk.py:cpu — 48 train / 8 held-out identities.
     "tiny_run": dict(resolution=64, num_frames=50, num_train_identities=48,
                      num_test_identities=8, clips_per_identity=2),
+    "tiny_pose": dict(resolution=64, num_frames=50, num_train_identities=48,
+                      num_test_identities=8, clips_per_identity=2),
     # SynthTalk sizes (see configs/synthtalk.py); real data plugs in with issue 7's builders.
     "tiny": dict(resolution=64, num_frames=25, num_train_identities=8, num_test_identities=2,
                  clips_per_identity=2),
@@ -85,10 +92,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         l1=1.0, perceptual=1.0, gan=0.1, feature_matching=1.0, consist=1.0,
         # l_cross-id needs a trained identity network (config.identity_net); off until one
         # is trained on SynthTalk identities.
-        cross_id=0.0))
+        cross_id=0.0,
+        # Head-pose supervision of z_pose's angles from a pose estimator (face-vid2vid style).
+        # On SynthTalk the estimator is the ground truth; real data needs a pluggable
+        # estimator (not yet), so it is off by default.
+        head_pose=0.0))
     config.identity_net = ""
     if name == "tiny_run":
         # The documented run trains the SynthTalk identity network first
         # (configs/identity.py) and passes --config.identity_net=W_ID/identity_net.
         config.loss.cross_id = 0.5
+    if name == "tiny_pose":
+        config.loss.cross_id = 0.5
+        config.loss.head_pose = 1.0
     return config

@@ -227,3 +227,17 @@ def test_identity_net_unit_norm_and_arcface():
     assert np.all(np.asarray(logits)[onehot] < 10.0 * np.asarray(cos)[onehot])
     np.testing.assert_allclose(np.asarray(logits)[~onehot], 10.0 * np.asarray(cos)[~onehot], rtol=1e-6)
     assert np.isfinite(float(I.arcface_loss(net, head, _images(9, (4, 32, 32, 3)), labels)))
+
+
+def test_head_pose_loss_known_value():
+    import jax.numpy as jnp
+
+    from vasa_jax.losses import head_pose_loss
+
+    z = jnp.zeros((2, 7)).at[:, :3].set(jnp.asarray([[30.0, 0.0, 0.0], [0.0, -15.0, 15.0]]))
+    truth = jnp.zeros((2, 3))
+    # mean |Δ| over 6 angles = (30 + 15 + 15) / 6 = 10°, divided by the 30° scale.
+    assert float(head_pose_loss(z, truth)) == pytest.approx(10.0 / 30.0)
+    assert float(head_pose_loss(z, z[:, :3])) == 0.0
+    with pytest.raises(ValueError, match="head_pose_loss"):
+        head_pose_loss(z, truth[:1])

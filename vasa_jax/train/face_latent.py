@@ -103,6 +103,10 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
             terms["consist"] = losses.consistency_loss(gen.decode, e_d, e_s)
         if w.cross_id > 0 and id_fn is not None:
             terms["cross_id"] = losses.cross_identity_loss(id_fn, src, cross)
+        if w.get("head_pose", 0.0) > 0:
+            terms["head_pose"] = losses.head_pose_loss(
+                jnp.concatenate([e_s["z_pose"], e_d["z_pose"]]),
+                jnp.concatenate([batch["source_rotation"], batch["driver_rotation"]]))
         total, _ = losses.total_generator_loss(terms, dict(w))
         return total, (terms, recon)
 
@@ -222,8 +226,12 @@ def train(config, workdir: str) -> dict:
                          out_shardings=(shardings, None), donate_argnums=0)
     sample_step = jax.jit(sample_step, in_shardings=(shardings, batch_sharding))
 
+    keys = ["source", "driver", "other"]
+    if config.loss.get("head_pose", 0.0) > 0:
+        keys += ["source_rotation", "driver_rotation"]  # the pose estimator's readings
+
     def to_device(batch):
-        return pipelines.global_batch({k: batch[k] for k in ("source", "driver", "other")}, mesh)
+        return pipelines.global_batch({k: batch[k] for k in keys}, mesh)
 
     def on_sample(state, batch, step):
         grid = np.asarray(jax.device_get(sample_step(state, batch)))
