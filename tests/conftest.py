@@ -10,6 +10,14 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 
+# A persistent compilation cache for this test session only: the trainer tests build the same
+# jitted steps many times (each `train()` call jits afresh, as a new process would), and XLA's
+# CPU compiles dominate the suite's time. A fresh directory per session: nothing stale.
+import tempfile  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="vasa_jax_xla_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
 from absl import flags  # noqa: E402
 
 # grain's multiprocessing prefetch reads absl flags; under pytest nobody parses them.

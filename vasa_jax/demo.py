@@ -93,6 +93,12 @@ def run_demo(workdir: str = "vasa_demo", out: str = "demo.mp4", *,
     mcfg.latents_dir = latent_dir
     mcfg.update(dict(steps=100_000, max_train_minutes=minutes_stage2, log_every=50,
                      ckpt_every=500))
+    # Small data sets: a batch no larger than an epoch, and a multiple of the device count.
+    import jax
+
+    n_dev = jax.device_count()
+    n_clips = len(sources["train"])
+    mcfg.batch_size = int(min(mcfg.batch_size, max(n_dev, n_clips // n_dev * n_dev)))
     if not os.path.isfile(os.path.join(motion_dir, "DONE")):
         motion.train(mcfg, motion_dir)
         Path(motion_dir, "DONE").touch()
