@@ -124,7 +124,7 @@ def test_cross_identity_loss_with_a_trained_identity_net(tmp_path, data_dir):
                   **{"loss.cross_id": 0.5, "loss.head_pose": 1.0}), workdir)
     rows = read_metrics(workdir)
     assert [r["step"] for r in rows] == [1, 2] and rows[-1]["train_minutes"] >= 0.0
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[:1] == ["2"]
+    assert "2" in os.listdir(os.path.join(workdir, "checkpoints"))
     assert all(0.0 <= r["cross_id"] <= 2.0 for r in rows)
     # The head-pose term is on too: |angles| / 30° of an untrained encoder vs SynthTalk's truth.
     assert all(0.0 < r["head_pose"] < 3.0 for r in rows)

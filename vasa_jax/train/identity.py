@@ -63,9 +63,9 @@ def clip_matching_accuracy(embeddings: np.ndarray, identities: np.ndarray, clips
     pred = sims.argmax(1)
     same = sims[np.arange(len(q)), truth]
     other = np.where(np.eye(len(ids), dtype=bool)[truth], np.nan, sims)
+    cos_other = float(np.nanmean(other)) if len(ids) > 1 else float("nan")  # one identity
     return dict(accuracy=float(np.mean(pred == truth)), chance=1.0 / len(ids),
-                queries=int(len(q)), cos_same=float(np.mean(same)),
-                cos_other=float(np.nanmean(other)))
+                queries=int(len(q)), cos_same=float(np.mean(same)), cos_other=cos_other)
 
 
 def split_frames(source) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
