@@ -29,3 +29,13 @@ def test_bad_configs_one_line(spec, overrides, needle):
     with pytest.raises(ConfigError, match=needle) as err:
         load_config(spec, overrides)
     assert "\n" not in str(err.value)
+
+
+def test_set_fields_sets_dotted_paths():
+    import ml_collections
+
+    from vasa_jax.config_util import set_fields
+
+    cfg = ml_collections.ConfigDict(dict(steps=1, loss=dict(l1=1.0, gan=0.1)))
+    assert set_fields(cfg, {"steps": 4, "loss.gan": 0.0}) is cfg
+    assert cfg.steps == 4 and cfg.loss.gan == 0.0 and cfg.loss.l1 == 1.0

@@ -12,7 +12,7 @@ from flax import nnx
 
 from vasa_jax import diffusion, sharding
 from vasa_jax.checkpoint import Checkpointer
-from vasa_jax.config_util import load_config
+from vasa_jax.config_util import load_config, set_fields
 from vasa_jax.data import latents
 from vasa_jax.errors import ConfigError
 from vasa_jax.models import motion_dit
@@ -66,13 +66,7 @@ def _motion_config(latent_dir, **overrides):
     cfg.log_every = 1
     cfg.ckpt_every = 2
     cfg.warmup_steps = 2
-    for key, value in overrides.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return cfg
+    return set_fields(cfg, overrides)
 
 
 def _final(cfg, workdir):

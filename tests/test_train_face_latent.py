@@ -14,7 +14,7 @@ import pytest
 
 from vasa_jax import sharding
 from vasa_jax.checkpoint import Checkpointer
-from vasa_jax.config_util import load_config
+from vasa_jax.config_util import load_config, set_fields
 from vasa_jax.train.common import NonFiniteLossError, read_metrics
 from vasa_jax.train.face_latent import build_state_fns, train
 
@@ -35,13 +35,7 @@ def _config(data_dir, **overrides):
     cfg.log_every = 1
     cfg.sample_every = 1000
     cfg.ckpt_every = 2
-    for key, value in overrides.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return cfg
+    return set_fields(cfg, overrides)
 
 
 def _losses(workdir):

@@ -50,3 +50,15 @@ def load_config(spec: str, overrides: list[str] | tuple[str, ...] = ()):
             raise ConfigError(f"config field {key!r} expects {type(old).__name__}, got {raw!r}")
         node[leaf] = type(old)(value) if isinstance(old, float) else value
     return config
+
+
+def set_fields(config, fields):
+    """Sets dotted fields ({"loss.cross_id": 0.5, "steps": 4}) on a ConfigDict in place and
+    returns it (the Python-side twin of `--config.loss.cross_id=0.5`)."""
+    for key, value in dict(fields).items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config

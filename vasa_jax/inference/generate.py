@@ -153,6 +153,19 @@ class Result:
 # Inputs.
 
 
+def mono_float(samples: Any, name: str) -> np.ndarray:
+    """An in-memory track or chunk → float32 [N]; one-line errors for a wrong shape or dtype and
+    for NaN/inf samples."""
+    wav = np.asarray(samples)
+    if wav.ndim != 1 or not (np.issubdtype(wav.dtype, np.floating) or wav.size == 0):
+        raise ConfigError(f"{name} has shape {wav.shape} dtype {wav.dtype}: pass 16 kHz mono "
+                          "float samples [N] (average the channels, resample to 16 kHz)")
+    wav = wav.astype(np.float32)
+    if not np.all(np.isfinite(wav)):
+        raise ConfigError(f"{name} contains NaN or inf samples: fix the upstream audio")
+    return wav
+
+
 def load_audio(audio: Any, name: str = "audio") -> np.ndarray:
     """A path (any format/rate/channels) or a float array at 16 kHz → float32 mono [N]; one-line
     errors for empty, too short (< one 40 ms frame), non-finite or silent (peak < 1e-4) audio."""
@@ -160,13 +173,7 @@ def load_audio(audio: Any, name: str = "audio") -> np.ndarray:
         name = os.fspath(audio)
         wav = media.read_audio(audio, SAMPLE_RATE)
     else:
-        wav = np.asarray(audio)
-        if wav.ndim != 1 or not (np.issubdtype(wav.dtype, np.floating) or wav.size == 0):
-            raise ConfigError(f"{name} has shape {wav.shape} dtype {wav.dtype}: pass 16 kHz mono "
-                              "float samples [N] (average the channels, resample to 16 kHz)")
-        wav = wav.astype(np.float32)
-        if not np.all(np.isfinite(wav)):
-            raise ConfigError(f"{name} contains NaN or inf samples: fix the upstream audio")
+        wav = mono_float(audio, name)
     if wav.size == 0:
         raise ConfigError(f"{name} is empty (0 samples): give a speech track")
     if wav.size < SAMPLES_PER_FRAME:
@@ -356,13 +363,7 @@ def _windows_from_chunks(feats: _WindowFeatures, chunks: Iterable[Any],
     buf_start = -feats.left * spf                  # absolute index of buf[0]
     total, t0, peak = 0, 0, 0
     for i, chunk in enumerate(chunks):
-        chunk = np.asarray(chunk)
-        if chunk.ndim != 1 or not (np.issubdtype(chunk.dtype, np.floating) or chunk.size == 0):
-            raise ConfigError(f"audio chunk {i} has shape {chunk.shape} dtype {chunk.dtype}: "
-                              "stream 16 kHz mono float samples [n]")
-        chunk = chunk.astype(np.float32)
-        if not np.all(np.isfinite(chunk)):
-            raise ConfigError(f"audio chunk {i} contains NaN or inf samples")
+        chunk = mono_float(chunk, f"audio chunk {i}")
         buf = np.concatenate([buf, chunk])
         total += chunk.size
         peak = max(peak, buf.size)
