@@ -347,9 +347,24 @@ def test_wav2vec2_front_end(gen, files):
 
 
 def _cli(args, capsys):
+    """Runs the CLI in-process and returns (rc, stdout, stderr) of that call only.
+
+    Cyclic garbage left by earlier tests (e.g. a closed asyncio loop of a notebook kernel
+    client) can raise an "unraisable exception" warning whenever the collector runs, and that
+    warning is printed to stderr. Collect it before capturing and keep the cycle collector off
+    during the call, so that stderr holds only what the CLI wrote.
+    """
+    import gc
+
     from vasa_jax import cli
 
-    rc = cli.main(["generate", *map(str, args)])
+    gc.collect()
+    capsys.readouterr()
+    gc.disable()
+    try:
+        rc = cli.main(["generate", *map(str, args)])
+    finally:
+        gc.enable()
     captured = capsys.readouterr()
     return rc, captured.out, captured.err
 
