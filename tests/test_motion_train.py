@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vasa_jax import diffusion, sharding
-from vasa_jax.checkpoint import Checkpointer
+from vasa_jax import diffusion
 from vasa_jax.config_util import load_config, set_fields
 from vasa_jax.data import latents
 from vasa_jax.errors import ConfigError
@@ -69,11 +68,9 @@ def _motion_config(latent_dir, **overrides):
     return set_fields(cfg, overrides)
 
 
-def _final(cfg, workdir):
-    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
-    _, _, abstract, shardings = motion_train.build_state_fns(cfg, mesh)
-    with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
-        return jax.device_get(ckpt.restore(loop.sharded_abstract(abstract, shardings)))
+def _final(workdir):
+    return jax.device_get(
+        loop.restore_on_one_device(workdir, motion_train.build_state_fns, "stage-2")[2])
 
 
 def test_motion_resume_and_sharded_equality(latent_dir, tmp_path, devices):
@@ -92,8 +89,8 @@ def test_motion_resume_and_sharded_equality(latent_dir, tmp_path, devices):
         for k in ("loss", "x0_mse", "velocity_mse"):
             assert b[step][k] == pytest.approx(a[step][k], rel=1e-5, abs=1e-7), (step, k)
     assert a[4]["loss"] != a[3]["loss"]
-    pa = _final(_motion_config(latent_dir, steps=4), straight)
-    pb = _final(_motion_config(latent_dir, steps=4), resumed)
+    pa = _final(straight)
+    pb = _final(resumed)
     for tree in ("params", "ema"):
         x = np.concatenate([np.ravel(v) for v in jax.tree.leaves(pa[tree])])
         y = np.concatenate([np.ravel(v) for v in jax.tree.leaves(pb[tree])])

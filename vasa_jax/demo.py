@@ -124,7 +124,7 @@ def run_demo(workdir: str = "vasa_demo", out: str = "demo.mp4", *,
     # Contact sheet: frames over audio energy and the mouth opening the video shows (the
     # stage-2 eval's probe applied to the generated frames re-encoded by stage 1).
     probe = motion_eval.fit_mouth_probe(latents.LatentSource(latent_dir, "train"))
-    mouth = motion_eval.read_mouth_opening(probe, _encode_motion(generator, result.frames))
+    mouth = motion_eval.read_mouth_opening(probe, generator.encode_video_motion(result.frames))
     n = len(result.frames)
     rms = np.sqrt(np.mean(audio[:n * 640].reshape(n, 640) ** 2, axis=1))
     sheet_path = os.path.splitext(out)[0] + ".png"
@@ -144,21 +144,3 @@ def run_demo(workdir: str = "vasa_demo", out: str = "demo.mp4", *,
     with open(os.path.join(workdir, "demo.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
     return result
-
-
-def _encode_motion(generator, frames: np.ndarray, batch: int = 50) -> np.ndarray:
-    """uint8 frames → [T, 7 + dyn] motion latents from the bundle's stage-1 motion encoder."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    graphdef, state = nnx.split(generator.bundle.face)
-
-    @jax.jit
-    def f(state, x):
-        z_pose, z_dyn = nnx.merge(graphdef, state).encode_motion(
-            x.astype(jnp.float32) / 127.5 - 1.0)
-        return jnp.concatenate([z_pose, z_dyn], -1)
-
-    return np.concatenate([np.asarray(f(state, frames[i:i + batch]))
-                           for i in range(0, len(frames), batch)])

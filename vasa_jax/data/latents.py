@@ -78,6 +78,27 @@ def read_stats(directory: str) -> dict[str, np.ndarray]:
         return {k: np.asarray(v, np.float32) for k, v in json.load(f).items()}
 
 
+class Normalizer:
+    """(x − mean) / std per named field of the stage-2 statistics (stats.json), and back for
+    motion. Shared by the stage-2 trainer and the generator (numpy only, usable under jit)."""
+
+    FIELDS = ("motion", "audio_feat", "gaze", "distance")
+
+    def __init__(self, stats: dict):
+        self.stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
+        missing = [f"{n}_{s}" for n in self.FIELDS for s in ("mean", "std")
+                   if f"{n}_{s}" not in self.stats]
+        if missing:
+            raise ConfigError(f"normalisation statistics lack {missing}: re-run extract_latents "
+                              "(or re-export the bundle)")
+
+    def __call__(self, name: str, x):
+        return (x - self.stats[f"{name}_mean"]) / self.stats[f"{name}_std"]
+
+    def motion_to_raw(self, x):
+        return x * self.stats["motion_std"] + self.stats["motion_mean"]
+
+
 class LatentSource:
     """Random access to one split of a latent data set: len() and [i] → record dict."""
 

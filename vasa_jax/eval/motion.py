@@ -60,6 +60,7 @@ def evaluate(face_workdir: str, motion_workdir: str, out_dir: str | None = None,
     from vasa_jax.data import builders, latents, media
     from vasa_jax.data.synthtalk.spec import SAMPLES_PER_FRAME
     from vasa_jax.inference.motion import WindowSampler, sample_sequence
+    from vasa_jax.train.extract_latents import motion_fn
     from vasa_jax.train.face_latent import restore_generator
     from vasa_jax.train.motion import restore_motion_model
 
@@ -73,7 +74,8 @@ def evaluate(face_workdir: str, motion_workdir: str, out_dir: str | None = None,
         fcfg.data.data_dir or os.path.join(face_workdir, "data"), **info["synthtalk"])["test"]
 
     probe = fit_mouth_probe(train_src)
-    test_recs = [test_src[i] for i in range(len(test_src))][:max_clips]
+    n_test = len(test_src) if max_clips is None else min(max_clips, len(test_src))
+    test_recs = [test_src[i] for i in range(n_test)]
     probe_quality = probe_r2(probe["x"], probe["y"],
                              np.concatenate([r["motion"][:, 7:] for r in test_recs]),
                              np.concatenate([r["mouth"][:, :1] for r in test_recs]))
@@ -103,10 +105,11 @@ def evaluate(face_workdir: str, motion_workdir: str, out_dir: str | None = None,
             out.append(np.asarray(decode(g_state, src, m[:, :7], m[:, 7:])))
         return np.concatenate(out)
 
+    encode_motion = motion_fn(gen)
+
     def reencode(frames, batch=50):
-        parts = [encode(g_state, frames[i:i + batch]) for i in range(0, len(frames), batch)]
-        return np.concatenate([np.concatenate([np.asarray(p["z_pose"]), np.asarray(p["z_dyn"])],
-                                              -1) for p in parts])
+        return np.concatenate([np.asarray(encode_motion(frames[i:i + batch]))
+                               for i in range(0, len(frames), batch)])
 
     scales = dict(mcfg.sample.cfg.to_dict())
     sampler = WindowSampler(model, diffusion.make_schedule(**mcfg.diffusion.to_dict()),

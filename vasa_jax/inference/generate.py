@@ -54,6 +54,7 @@ from flax import nnx
 
 from vasa_jax import diffusion
 from vasa_jax.data import media
+from vasa_jax.data.latents import Normalizer
 from vasa_jax.errors import ConfigError
 from vasa_jax.inference.bundle import Bundle, load_bundle
 from vasa_jax.inference.motion import WindowSampler
@@ -270,28 +271,6 @@ def _parse_head_pose(pose: Any) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ConfigError("head_pose contains NaN or inf: give finite angles")
     return arr
-
-
-# ----------------------------------------------------------------------------------------------
-# Normalisation (the stage-2 statistics; mirrors vasa_jax.train.motion.Normalizer).
-
-
-class Normalizer:
-    """(x − mean) / std per named field of the bundle's stats, and back for motion."""
-
-    def __init__(self, stats: Mapping[str, Any]):
-        self.stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
-        needed = [f"{n}_{s}" for n in ("motion", "audio_feat", "gaze", "distance")
-                  for s in ("mean", "std")]
-        missing = [k for k in needed if k not in self.stats]
-        if missing:
-            raise ConfigError(f"bundle stats.json lacks {missing}: re-export the bundle")
-
-    def __call__(self, name: str, x):
-        return (x - self.stats[f"{name}_mean"]) / self.stats[f"{name}_std"]
-
-    def motion_to_raw(self, x):
-        return x * self.stats["motion_std"] + self.stats["motion_mean"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 GROUND_TRUTH = ("gaze", "distance", "mouth", "rotation")
 
 
-def _motion_fn(gen):
+def motion_fn(gen):
+    """uint8 frames [N, S, S, 3] → [z_pose, z_dyn] [N, 7 + dyn] from the motion encoder only
+    (jitted; the appearance and identity encoders are not run)."""
     graphdef, state = nnx.split(gen)
 
     @jax.jit
@@ -45,10 +47,10 @@ def _motion_fn(gen):
 
 def _stats(directory: str, shards: list[str]) -> dict:
     """Mean/std over every train frame of motion, audio features and distance."""
+    from array_record.python.array_record_data_source import ArrayRecordDataSource
+
     sums: dict[str, list] = {}
     for name in shards:
-        from array_record.python.array_record_data_source import ArrayRecordDataSource
-
         src = ArrayRecordDataSource([os.path.join(directory, name)])
         for i in range(len(src)):
             rec = latents.decode_record(src[i])
@@ -89,7 +91,7 @@ def extract(face_workdir: str, out_dir: str, *, synthtalk: dict | None = None,
     sources = builders.prepare_synthtalk(data_dir, **st)
     features = make_audio_features(audio, wav2vec2_path=wav2vec2_path)
     audio_fn = jax.jit(features.apply)
-    motion_fn = _motion_fn(gen)
+    encode_motion = motion_fn(gen)
     motion_dim = int(face_config.model.dyn_dim) + 7
 
     os.makedirs(out_dir, exist_ok=True)
@@ -124,7 +126,7 @@ def extract(face_workdir: str, out_dir: str, *, synthtalk: dict | None = None,
             for r in range(lo, hi):
                 rec = source[r]
                 frames = builders.decode_frames(rec["frames"])
-                motion = np.concatenate([np.asarray(motion_fn(frames[i:i + batch]))
+                motion = np.concatenate([np.asarray(encode_motion(frames[i:i + batch]))
                                          for i in range(0, len(frames), batch)])
                 wav = np.asarray(rec["audio"], np.float32)[None]
                 feat = np.asarray(audio_fn(features.params, wav))[0]

@@ -155,27 +155,13 @@ def save_sample_grid(path: str, grid: np.ndarray) -> None:
 # ----------------------------------------------------------------------------------------------
 # Reading a trained model back.
 
-def load_workdir_config(workdir: str):
-    """The config a stage-1 run was started with (`WORKDIR/config.json`)."""
-    return loop.load_config(workdir, "a stage-1")
-
-
 def restore_generator(workdir: str, step: int | None = None, *, ema: bool = True):
     """(FaceLatentModel, config, step) from a stage-1 workdir: the EMA weights by default.
 
     Restores on one device; the discriminator and optimiser states are read but discarded.
     """
-    from vasa_jax.errors import ConfigError
-
-    config = load_workdir_config(workdir)
-    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
-    (g_def, _), _, abstract, shardings = build_state_fns(config, mesh)
-    target = loop.sharded_abstract(abstract, shardings)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    with Checkpointer(ckpt_dir) as ckpt:
-        if ckpt.latest_step() is None:
-            raise ConfigError(f"no checkpoint in {ckpt_dir}: train stage 1 first")
-        state = ckpt.restore(target, step=step)
+    config, (g_def, _), state = loop.restore_on_one_device(workdir, build_state_fns, "stage-1",
+                                                           step)
     gen = nnx.merge(g_def, state["ema" if ema else "gen"], state["gen_rest"])
     return gen, config, int(state["step"])
 

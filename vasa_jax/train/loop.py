@@ -115,6 +115,23 @@ def restore_or_init(ckpt: Checkpointer, init: Callable, abstract, shardings, rng
     return jax.jit(init, out_shardings=shardings)(rng)
 
 
+def restore_on_one_device(workdir: str, build_state_fns: Callable, what: str,
+                          step: int | None = None):
+    """(config, graphdef(s), state) of a finished or running workdir, restored onto one device
+    (for evaluation, extraction and export). `build_state_fns(config, mesh)` is the trainer's."""
+    from vasa_jax.errors import ConfigError
+
+    config = load_config(workdir, f"a {what}")
+    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    graphdefs, _, abstract, shardings = build_state_fns(config, mesh)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    with Checkpointer(ckpt_dir) as ckpt:
+        if ckpt.latest_step() is None:
+            raise ConfigError(f"no checkpoint in {ckpt_dir}: train {what.replace('-', ' ')} first")
+        state = ckpt.restore(sharded_abstract(abstract, shardings), step=step)
+    return config, graphdefs, state
+
+
 def run(config, workdir: str, *, state: Any, train_step: Callable, data_iter,
         to_device: Callable[[dict], Any], ckpt: Checkpointer,
         on_sample: Callable[[Any, Any, int], None] | None = None) -> dict:

@@ -25,6 +25,7 @@ from flax import nnx
 from vasa_jax import diffusion, sharding
 from vasa_jax.checkpoint import Checkpointer
 from vasa_jax.errors import check
+from vasa_jax.data.latents import Normalizer
 from vasa_jax.models import motion_dit
 from vasa_jax.train import loop
 
@@ -34,22 +35,7 @@ BATCH_KEYS = ("motion", "audio_feat", "frame_mask", "history_mask", "cond_gaze",
               "cond_distance", "emotion")
 
 
-# ----------------------------------------------------------------------------------------------
-# Normalisation (the latent set's train statistics).
-
-
-class Normalizer:
-    """Maps raw latent-set fields to the model's normalised inputs and back."""
-
-    def __init__(self, stats: dict):
-        self.stats = {k: jnp.asarray(v, jnp.float32) for k, v in stats.items()}
-
-    def __call__(self, name: str, x):
-        s = self.stats
-        return (x - s[f"{name}_mean"]) / s[f"{name}_std"]
-
-    def motion_to_raw(self, x):
-        return x * self.stats["motion_std"] + self.stats["motion_mean"]
+# Normalisation: `vasa_jax.data.latents.Normalizer` (the latent set's train statistics).
 
 
 def model_inputs(norm: Normalizer, batch: dict, history: int, emotion_dim: int) -> dict:
@@ -131,16 +117,9 @@ def make_train_step(config, graphdef, norm: Normalizer):
 def restore_motion_model(workdir: str, step: int | None = None, *, ema: bool = True):
     """(MotionDiT, config, Normalizer, step) from a stage-2 workdir (EMA weights by default)."""
     from vasa_jax.data import latents
-    from vasa_jax.errors import ConfigError
 
-    config = loop.load_config(workdir, "a stage-2")
-    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
-    graphdef, _, abstract, shardings = build_state_fns(config, mesh)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    with Checkpointer(ckpt_dir) as ckpt:
-        if ckpt.latest_step() is None:
-            raise ConfigError(f"no checkpoint in {ckpt_dir}: train stage 2 first")
-        state = ckpt.restore(loop.sharded_abstract(abstract, shardings), step=step)
+    config, graphdef, state = loop.restore_on_one_device(workdir, build_state_fns, "stage-2",
+                                                         step)
     model = nnx.merge(graphdef, state["ema" if ema else "params"])
     norm = Normalizer(latents.read_stats(workdir))  # copied there by `train`
     return model, config, norm, int(state["step"])
