@@ -20,19 +20,20 @@ import re
 import shutil
 import tempfile
 import wave
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 __all__ = [
     "MediaError",
     "probe_duration",
     "read_audio",
+    "read_metadata",
     "read_image",
     "read_video",
     "write_frames_png",
@@ -152,6 +153,14 @@ def _check_audio(audio: Any, name: str = "audio") -> np.ndarray:
     return np.clip(audio.astype(np.float32), -1.0, 1.0)
 
 
+def _check_metadata(metadata: Mapping[str, str] | None, name: str = "metadata") -> dict[str, str]:
+    tags = dict(metadata or {})
+    for key, value in tags.items():
+        if not isinstance(key, str) or not key or not isinstance(value, str) or "\0" in key + value:
+            raise MediaError(f"{name} entry {key!r}: {value!r} is not a non-empty string key with a string value")
+    return tags
+
+
 def _fps_fraction(fps: float) -> Fraction:
     if not np.isfinite(fps) or fps <= 0:
         raise MediaError(f"fps is {fps}, expected a positive number (e.g. 25)")
@@ -169,12 +178,16 @@ def write_video(
     audio: np.ndarray | None = None,
     sample_rate: int = 16000,
     crf: int = 18,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Writes uint8 RGB ``frames [T, H, W, 3]`` as H.264 (yuv420p), muxing float ``audio [N]`` as AAC.
 
     ``frames`` may also be an iterable of ``[H, W, 3]`` frames. H and W must be
     even (a yuv420p requirement). Audio is written as given, so pass
     ``T * sample_rate / fps`` samples for streams of equal length.
+    ``metadata``: container tags (e.g. ``vasa_jax.provenance.Provenance.metadata()``); in
+    mp4/mov, keys other than the standard ones (comment, title, ...) are kept through
+    ``movflags=use_metadata_tags``.
     """
     path = Path(path)
     rate = _fps_fraction(fps)
@@ -186,7 +199,10 @@ def write_video(
         audio = _check_audio(audio)
         if sample_rate <= 0:
             raise MediaError(f"sample_rate is {sample_rate}, expected a positive rate in Hz (e.g. 16000)")
-    options = {"movflags": "+faststart"} if path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
+    tags = _check_metadata(metadata)
+    options = {}
+    if path.suffix.lower() in (".mp4", ".mov", ".m4v"):
+        options["movflags"] = "+faststart+use_metadata_tags" if tags else "+faststart"
 
     with _atomic_path(path) as tmp:
         try:
@@ -194,6 +210,7 @@ def write_video(
         except (av.FFmpegError, ValueError) as e:
             raise MediaError(f"cannot write video {path}: {_one_line(e)} (use a .mp4, .mov or .mkv path)") from e
         try:
+            container.metadata.update(tags)
             _encode_video(container, path, frames, rate, audio, sample_rate, crf)
         except MediaError:
             raise
@@ -404,8 +421,12 @@ def write_png(path: PathLike, image: np.ndarray) -> Path:
     return path
 
 
-def write_frames_png(directory: PathLike, frames: np.ndarray | Iterable[np.ndarray]) -> list[Path]:
+def write_frames_png(
+    directory: PathLike, frames: np.ndarray | Iterable[np.ndarray], metadata: Mapping[str, str] | None = None
+) -> list[Path]:
     """Writes ``frames [T, H, W, 3]`` as ``directory/000000.png, ...``; returns the file paths.
+
+    ``metadata``: text chunks (tEXt) written into every frame.
 
     The frames are written into a temporary sibling directory that is renamed
     into place. An existing ``directory`` is replaced only if it is empty or
@@ -413,6 +434,9 @@ def write_frames_png(directory: PathLike, frames: np.ndarray | Iterable[np.ndarr
     is refused rather than deleted.
     """
     directory = Path(directory)
+    info = PngImagePlugin.PngInfo()
+    for key, value in _check_metadata(metadata).items():
+        info.add_text(key, value)
     if directory.exists():
         if not directory.is_dir():
             raise MediaError(f"{directory} exists and is not a directory (choose a new output directory)")
@@ -429,7 +453,7 @@ def write_frames_png(directory: PathLike, frames: np.ndarray | Iterable[np.ndarr
         names: list[str] = []
         for i, frame in enumerate(_iter_frames(frames)):
             name = f"{i:06d}.png"
-            Image.fromarray(frame, mode="RGB").save(tmp / name, format="PNG")
+            Image.fromarray(frame, mode="RGB").save(tmp / name, format="PNG", pnginfo=info)
             names.append(name)
         if not names:
             raise MediaError(
@@ -490,6 +514,13 @@ def probe_duration(path: PathLike) -> dict[str, float | int | None]:
             # Some containers (mkv, webm, raw streams) store no per-stream totals: count packets.
             _probe_packets(container, video, audio, info)
     return info
+
+
+def read_metadata(path: PathLike) -> dict[str, str]:
+    """The container's global tags (keys lower-cased), e.g. those ``write_video(metadata=...)`` wrote."""
+    path = Path(path)
+    with _open_input(path, "video", _VIDEO_HINT) as container:
+        return {str(k).lower(): str(v) for k, v in container.metadata.items()}
 
 
 def _stream_duration(stream: Any) -> float | None:
