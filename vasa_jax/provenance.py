@@ -16,8 +16,8 @@ Every video the project writes carries two labels:
 
 **The pattern.** A 128×128 tile, repeated over the frame from its top-left corner, is the sum
 of five carriers, each owning a disjoint random set of spatial frequencies in a band of
-3–16 cycles per tile (periods of 8–43 px: coarse enough to survive a half-size downscale
-and H.264 at CRF 28), with random phases drawn from a fixed key. Carrier 0 (a third of the
+6–24 cycles per tile (periods of 5–21 px: above most of an image's own energy, below what a
+half-size downscale and H.264 at CRF 28 remove), with random phases drawn from a fixed key. Carrier 0 (a third of the
 energy) is for synchronisation. Carriers 1–4 each carry 10 payload bits as a cyclic shift
 relative to carrier 0 on a 32×32 grid (4 px steps): shifting costs no energy, so each
 symbol gets a quarter of the rest. The pattern is added equally to R, G and B (a luma-only
@@ -36,8 +36,8 @@ do not change the phases. At the peak each data carrier's correlation on the 32�
 shifts gives its symbol; CRC-8 tells a valid payload from noise. The video counts as marked
 when the score reaches the threshold or when the payload is valid and of a known kind (noise
 does that with probability 2·2⁻¹⁶). The default threshold comes from measured null scores
-(docs/provenance.md): without a watermark the score's maximum over shifts has mean ≈ 3.9
-and standard deviation ≈ 0.33.
+(docs/provenance.md): without a watermark the score's maximum over shifts and scales has
+mean ≈ 4.0 and standard deviation ≈ 0.3.
 
 Embedding is a pure jax.numpy function (`watermark_frames`, usable inside `jax.jit`);
 `Watermarker` jits it per frame size for numpy frames at the writer. Detection uses numpy
@@ -67,7 +67,7 @@ __all__ = [
 
 TOOL = "vasa_jax"
 TILE = 128                   # pattern period in pixels at the embedding scale
-BAND = (3.0, 16.0)           # carrier frequencies, cycles per tile (radial)
+BAND = (6.0, 24.0)           # carrier frequencies, cycles per tile (radial)
 SYNC_SHARE = 1 / 3           # fraction of the band's frequencies (= of the energy) for sync
 SYMBOLS = 4                  # data carriers, each carrying SYMBOL_BITS as a shift
 SYMBOL_BITS = 10
@@ -450,7 +450,8 @@ class LumaMean:
 
 def _fold(img: np.ndarray, scale: float) -> np.ndarray:
     """img float64 [H, W] folded modulo the received tile period TILE·scale onto TILE×TILE
-    bins (nearest bin: within ±0.5 bin, fine for ≤ 16 cycles per tile) → the mean per bin."""
+    bins → the mean per bin. Nearest bin: exact at scales 1 and 1/2; elsewhere within ±0.5
+    bin, a phase error of at most 2π·24·0.5/128 ≈ 0.6 rad at the band's top."""
     h, w = img.shape
     period = TILE * scale
     by = np.floor((np.arange(h) % period) * (TILE / period)).astype(np.int64) % TILE
@@ -488,6 +489,13 @@ def _surface(white: np.ndarray, carrier: np.ndarray) -> np.ndarray:
     return np.fft.irfft2(white * np.conj(carrier), s=(TILE, TILE)) * (TILE * TILE) / sd
 
 
+def _vertex(values: Iterable[float]) -> float:
+    """Offset in [-0.5, 0.5] of the vertex of the parabola through (-1, a), (0, b), (1, c)."""
+    a, b, c = values
+    curve = a - 2 * b + c
+    return float(np.clip(0.5 * (a - c) / curve, -0.5, 0.5)) if curve < 0 else 0.0
+
+
 def detect_mean(mean_luma: np.ndarray, frames: int = 1, threshold: float = DEFAULT_THRESHOLD,
                 scales: Iterable[float] = SCALES) -> Detection:
     """Detection on an averaged luma image float [H, W] (see the module docstring)."""
@@ -498,17 +506,24 @@ def detect_mean(mean_luma: np.ndarray, frames: int = 1, threshold: float = DEFAU
     mean_luma = np.asarray(mean_luma, np.float64)
     best = None
     for s in scales:
-        if min(mean_luma.shape) < TILE * s / 4:
-            continue      # under a quarter of a tile at this scale: too little to correlate
+        if min(mean_luma.shape) < TILE * s / 2:
+            continue      # under half a tile at this scale: too little to correlate
         white = _whiten(_fold(_highpass(mean_luma, s), s))
         sync = _surface(white, c.sync)
         k = int(np.argmax(sync))
         if best is None or sync.flat[k] > best[0]:
-            best = (float(sync.flat[k]), (k // TILE, k % TILE), white, s)
+            best = (float(sync.flat[k]), (k // TILE, k % TILE), white, s, sync)
     if best is None:
         raise ValueError(f"frames of {mean_luma.shape[1]}x{mean_luma.shape[0]} pixels are too "
-                         f"small to carry the watermark (at least {TILE // 4} px a side)")
-    score, shift, white, s = best
+                         f"small to carry the watermark (at least {math.ceil(TILE * min(scales) / 2)} px "
+                         "a side)")
+    score, shift, white, s, sync = best
+    # The data carriers are read on the grid around the sync peak, refined to a fraction of
+    # a pixel (a parabola through the peak and its neighbours): after a resize or an odd crop
+    # the tile sits between pixels, which costs the top of the band up to 0.6 rad of phase.
+    frac = [_vertex(sync[(shift[0] + k) % TILE, shift[1]] for k in (-1, 0, 1)),
+            _vertex(sync[shift[0], (shift[1] + k) % TILE] for k in (-1, 0, 1))]
+    white = white * np.conj(_ramp((frac[0], frac[1])))
     grid = np.arange(GRID) * STEP
     value, symbol_scores = 0, []
     for carrier in c.data:
