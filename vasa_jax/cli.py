@@ -2,8 +2,12 @@
 
 Subcommands: `preview` (a SynthTalk clip as mp4 + contact sheet), `synthtalk-build` (a SynthTalk
 data set as tfds/array_record), `generate` (portrait + speech → talking-face mp4 with a model
-bundle), `export` (two training workdirs → a model bundle) and `demo` (data, both training
-stages, generation and metrics on CPU, from nothing).
+bundle), `export` (two training workdirs → a model bundle), `demo` (data, both training
+stages, generation and metrics on CPU, from nothing) and `verify` (does a video carry the
+vasa_jax provenance labels: exit 0 watermark detected, 1 not detected, 2 bad input).
+
+Every video written here is labelled (`vasa_jax.provenance`): container metadata and an
+invisible watermark; `--no-watermark` leaves the frames unmarked and the metadata says so.
 """
 
 from __future__ import annotations
@@ -13,11 +17,22 @@ import sys
 
 
 def _preview(args) -> int:
+    from vasa_jax import provenance
     from vasa_jax.data.synthtalk.preview import write_preview
 
     video, sheet = write_preview(args.out, identity=args.identity, seed=args.seed,
                                  seconds=args.seconds, resolution=args.resolution,
                                  emotion=args.emotion)
+    # A procedural render, not a model's output, but a synthetic face all the same: labelled
+    # as a SynthTalk render (no checkpoint), watermarked unless --no-watermark.
+    label = provenance.Provenance(kind=provenance.KIND_SYNTHTALK,
+                                  watermark=not args.no_watermark)
+    try:
+        provenance.label_file(video, label)
+    except BaseException:
+        video.unlink(missing_ok=True)   # no unlabelled preview left behind
+        sheet.unlink(missing_ok=True)
+        raise
     print(f"wrote {video} and {sheet}")
     return 0
 
@@ -115,10 +130,10 @@ def _generate(args) -> int:
                 yield from batch
                 bar.update(len(batch))
 
-        G.write(frames(), wav, out, png=png)
+        gen.write(frames(), wav, out, png=png, watermark=not args.no_watermark)
     seconds = total / G.FPS
     print(f"wrote {out} ({total} frames, {seconds:.2f} s at {G.FPS} fps; checkpoint "
-          f"{gen.bundle.checkpoint_hash[:16]})")
+          f"{gen.bundle.checkpoint_hash[:16]}; watermark {'off' if args.no_watermark else 'on'})")
     return 0
 
 
@@ -140,7 +155,7 @@ def _demo(args) -> int:
     except ImportError:
         pass
     r = run_demo(args.workdir, args.out, minutes_stage1=args.minutes_stage1,
-                 minutes_stage2=args.minutes_stage2)
+                 minutes_stage2=args.minutes_stage2, watermark=not args.no_watermark)
     m = r["metrics"]
     mc = m["mouth_correlation"]
     print(f"wrote {r['video']} and {r['contact_sheet']} (timings, s: {r['timings_s']})")
@@ -154,6 +169,23 @@ def _demo(args) -> int:
     return 0
 
 
+def _verify(args) -> int:
+    import json
+
+    from vasa_jax import provenance
+    from vasa_jax.errors import ConfigError
+
+    scales = _numbers(args.scales, "scales", None, "sizes relative to the original, e.g. 1,0.5")
+    if any(s <= 0 for s in scales):
+        raise ConfigError(f"--scales {args.scales!r}: expected positive size ratios, e.g. 1,0.5")
+    if args.max_frames < 1:
+        raise ConfigError(f"--max-frames {args.max_frames}: expected a positive frame count")
+    report = provenance.verify(args.video, threshold=args.threshold, scales=scales,
+                               max_frames=args.max_frames)
+    print(json.dumps(report.to_dict(), indent=1) if args.json else report.format())
+    return 0 if report.detected else 1
+
+
 def _export(args) -> int:
     from vasa_jax.train.export import export_bundle
 
@@ -162,7 +194,13 @@ def _export(args) -> int:
     return 0
 
 
+_NO_WATERMARK = ("leave the frames without the invisible watermark (the container metadata "
+                 "still labels the video, and records vasa_jax_watermark=off)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from vasa_jax import provenance   # numpy only: cheap
+
     parser = argparse.ArgumentParser(prog="vasa-jax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("preview", help="render a SynthTalk clip to mp4 with audio + contact sheet")
@@ -173,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=256, help="multiple of 8 in [64, 512]")
     p.add_argument("--emotion", default=None,
                    help="neutral, happy, sad, angry or surprised (default: drawn from the seed)")
+    p.add_argument("--no-watermark", action="store_true", help=_NO_WATERMARK)
     p.set_defaults(func=_preview)
     b = sub.add_parser("synthtalk-build",
                        help="write a SynthTalk data set (tfds, array_record) for training")
@@ -217,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--render-batch", type=int, default=None,
                    help="frames per decoder call (default: the motion window)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-watermark", action="store_true", help=_NO_WATERMARK)
     g.set_defaults(func=_generate)
     d = sub.add_parser("demo", help="train tiny stage 1 + 2 on SynthTalk (CPU, minutes) and "
                        "animate a held-out face with held-out speech")
@@ -227,12 +267,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage-1 training budget in minutes")
     d.add_argument("--minutes-stage2", type=float, default=2.5,
                    help="stage-2 training budget in minutes")
+    d.add_argument("--no-watermark", action="store_true", help=_NO_WATERMARK)
     d.set_defaults(func=_demo)
     e = sub.add_parser("export", help="stage-1 + stage-2 workdirs → an inference bundle")
     e.add_argument("--face-workdir", required=True)
     e.add_argument("--motion-workdir", required=True)
     e.add_argument("--out", required=True, help="bundle folder to write")
     e.set_defaults(func=_export)
+    v = sub.add_parser("verify", help="check a video for the vasa_jax provenance labels "
+                       "(exit 0: watermark detected, 1: not detected, 2: bad input)")
+    v.add_argument("video", help="any video file (mp4, mov, mkv, webm, ...)")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.add_argument("--threshold", type=float, default=provenance.DEFAULT_THRESHOLD,
+                   help="detection score threshold (default: %(default)s; see docs/provenance.md "
+                   "for the false-alarm rate it gives)")
+    v.add_argument("--scales", default="1,0.5",
+                   help="sizes relative to the generated video to try (default 1,0.5: as "
+                   "written and half size); each one adds false alarms")
+    v.add_argument("--max-frames", type=int, default=provenance.DEFAULT_MAX_FRAMES,
+                   help="frames to read from the start (default: %(default)s)")
+    v.set_defaults(func=_verify)
     return parser
 
 

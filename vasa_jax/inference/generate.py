@@ -3,7 +3,8 @@
     gen = Generator.from_bundle("BUNDLE")              # or Generator(load_bundle(...))
     gen.prepare("face.jpg")                            # crop → resize → encoders, cached
     result = gen.generate("speech.wav", Controls(emotion="happy", gaze=(0, 5), seed=0))
-    gen.write(result.frames, result.audio, "out.mp4")  # H.264 + AAC (or a folder: PNG frames)
+    gen.write(result.frames, result.audio, "out.mp4")  # H.264 + AAC (or a folder: PNG frames),
+                                                       # labelled + watermarked (vasa_jax.provenance)
 
     for frames in gen.stream(chunks, Controls(seed=0)):   # online: W frames at a time
         show(frames)                                       # uint8 [n, S, S, 3]
@@ -52,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vasa_jax import diffusion
+from vasa_jax import diffusion, provenance
 from vasa_jax.data import media
 from vasa_jax.data.latents import Normalizer
 from vasa_jax.errors import ConfigError
@@ -780,26 +781,39 @@ class Generator:
 
     # ------------------------------------------------------------------ output
 
-    def write(self, frames: Any, audio: np.ndarray | None, out: str | os.PathLike) -> Path:
-        return write(frames, audio, out)
+    def write(self, frames: Any, audio: np.ndarray | None, out: str | os.PathLike, *,
+              png: bool | None = None, watermark: bool = True) -> Path:
+        """`write` labelled as this bundle's output: container metadata (AI-generated, tool,
+        version, checkpoint hash, creation time) and the invisible watermark carrying the
+        checkpoint-hash prefix (`vasa_jax.provenance`). watermark=False leaves the frames
+        unmarked; the metadata records that (vasa_jax_watermark=off)."""
+        label = provenance.Provenance(checkpoint_hash=self.bundle.checkpoint_hash,
+                                      watermark=watermark)
+        return write(frames, audio, out, png=png, label=label)
 
 
 def write(frames: Any, audio: np.ndarray | None, out: str | os.PathLike, *,
-          png: bool | None = None) -> Path:
+          png: bool | None = None, label: provenance.Provenance | None = None) -> Path:
     """Writes frames (uint8 [T, H, W, 3] or an iterable of [H, W, 3] frames) at 25 fps.
 
     out with a video suffix (.mp4/.mov/.mkv/.m4v): H.264 + the 16 kHz `audio` muxed as AAC;
     otherwise (or png=True) a directory of 000000.png, ... (the audio is not written there).
-    Both writers are atomic: a failure leaves no partial output."""
+    Both writers are atomic: a failure leaves no partial output.
+    label: how the output is labelled (default: a model's output, checkpoint unknown, with
+    the watermark); frames are watermarked as they stream through, the labels go into the
+    container tags (PNG text chunks for frames)."""
     out = Path(out)
     as_png = out.suffix.lower() not in VIDEO_SUFFIXES if png is None else bool(png)
+    if as_png and out.suffix and png is None:
+        raise ConfigError(f"output {out} has suffix {out.suffix!r}: use .mp4 (video) or a "
+                          "directory path without a suffix (PNG frames)")
+    label = label or provenance.Provenance()
+    frames, tags = label.mark(frames), label.metadata()
     if as_png:
-        if out.suffix and png is None:
-            raise ConfigError(f"output {out} has suffix {out.suffix!r}: use .mp4 (video) or a "
-                              "directory path without a suffix (PNG frames)")
-        media.write_frames_png(out, frames)
+        media.write_frames_png(out, frames, metadata=tags)
         return out
-    return media.write_video(out, frames, fps=FPS, audio=audio, sample_rate=SAMPLE_RATE)
+    return media.write_video(out, frames, fps=FPS, audio=audio, sample_rate=SAMPLE_RATE,
+                             metadata=tags)
 
 
 def _floats(value: Any, name: str, n: int, hint: str) -> np.ndarray:
