@@ -17,25 +17,27 @@ Every video the project writes carries two labels:
 **The pattern.** A 128×128 tile, repeated over the frame from its top-left corner, is the sum
 of five carriers, each owning a disjoint random set of spatial frequencies in a band of
 6–24 cycles per tile (periods of 5–21 px: above most of an image's own energy, below what a
-half-size downscale and H.264 at CRF 28 remove), with random phases drawn from a fixed key. Carrier 0 (a third of the
-energy) is for synchronisation. Carriers 1–4 each carry 10 payload bits as a cyclic shift
-relative to carrier 0 on a 32×32 grid (4 px steps): shifting costs no energy, so each
-symbol gets a quarter of the rest. The pattern is added equally to R, G and B (a luma-only
-change), weighted per 8×8 block by the local contrast (flat areas get less: it hides in
-texture, and texture is where it survives compression) at an RMS of `STRENGTH` grey levels,
-which keeps the PSNR of marked vs clean frames above 40 dB.
+half-size downscale and H.264 at CRF 28 remove), with random phases drawn from a fixed key.
+Carrier 0 (half of the energy: detection rests on it) is for synchronisation. Carriers 1–4
+each carry 10 payload bits as a cyclic shift relative to carrier 0 on a 32×32 grid (4 px
+steps): shifting costs no energy, so each symbol gets a quarter of the rest. The pattern is added equally to R, G and B (a luma-only
+change), weighted per 8×8 block by the local contrast (flat areas get up to 2× less: it
+hides in texture) at an RMS of `STRENGTH` grey levels, which keeps the PSNR of marked vs
+clean frames above 40 dB. On flat, noiseless renders (SynthTalk skin) a fine grain can be
+seen when zoomed in; camera footage masks it with its own texture and noise.
 
 **Detection** needs no side information and runs on any video. It averages the luma of up to
 `max_frames` frames (the pattern is static, the content is not), removes the smooth part of
 the image and, for each candidate scale (by default 1 and 1/2: the video as written and at
 half size), folds the image modulo the tile period: a crop then is only a cyclic shift of the
-folded tile. Whitened (phase-only, with bins stronger than the median toned down) correlation
+folded tile. Whitened (phase-only, bins above the upper quartile toned down) correlation
 with carrier 0 over all 128² shifts gives a surface of z-scores, N(0, 1) at each shift without
 a watermark; the score is its maximum. Brightness and contrast changes scale the image and so
 do not change the phases. At the peak each data carrier's correlation on the 32×32 grid of
 shifts gives its symbol; CRC-8 tells a valid payload from noise. The video counts as marked
-when the score reaches the threshold or when the payload is valid and of a known kind (noise
-does that with probability 2·2⁻¹⁶). The default threshold comes from measured null scores
+when the score reaches the threshold, or when the payload is valid and of a known kind (noise
+does that with probability 2·2⁻¹⁶ if its bits are uniform; structured images bias them a
+little) while the score is at least `PAYLOAD_MIN_SCORE`, above the typical null maximum. The default threshold comes from measured null scores
 (docs/provenance.md): without a watermark the score's maximum over shifts and scales has
 mean ≈ 4.0 and standard deviation ≈ 0.3.
 
@@ -68,7 +70,7 @@ __all__ = [
 TOOL = "vasa_jax"
 TILE = 128                   # pattern period in pixels at the embedding scale
 BAND = (6.0, 24.0)           # carrier frequencies, cycles per tile (radial)
-SYNC_SHARE = 1 / 3           # fraction of the band's frequencies (= of the energy) for sync
+SYNC_SHARE = 1 / 2           # fraction of the band's frequencies (= of the energy) for sync
 SYMBOLS = 4                  # data carriers, each carrying SYMBOL_BITS as a shift
 SYMBOL_BITS = 10
 GRID = 32                    # 2^SYMBOL_BITS = GRID² shifts per symbol
@@ -76,9 +78,13 @@ STEP = TILE // GRID          # 4 px between neighbouring symbol shifts
 PAYLOAD_BITS = SYMBOLS * SYMBOL_BITS   # 40: kind (8) + checkpoint-hash prefix (24) + CRC-8 (8)
 STRENGTH = 2.3               # RMS luma change on the 0–255 scale (MSE ≈ 5.4 → PSNR ≈ 40.8 dB)
 BLOCK = 8                    # texture-weighting block size, pixels
+TEXTURE_POWER = 0.25         # block weight ∝ (contrast + 4)^power: flat areas get less ...
+TEXTURE_RANGE = (0.5, 2.0)   # ... within this range of the RMS weight (more adaptation hides
+                             # the pattern better in flat areas but cuts the detection score)
 SEED = 0x7A5A0B1D            # the key: carriers are drawn from it
 SCALES = (1.0, 0.5)          # received / embedded size ratios the detector tries
 DEFAULT_THRESHOLD = 6.0      # sync score for "detected" (see the module docstring)
+PAYLOAD_MIN_SCORE = 4.5      # ... or a valid payload of a known kind at a sync score this high
 DEFAULT_MAX_FRAMES = 250     # frames the detector reads (10 s at 25 fps)
 
 KIND_MODEL = 0xA1            # payload kind byte: a vasa_jax model's output
@@ -206,8 +212,9 @@ def watermark_frames(frames: Any, tile: Any, strength: float = STRENGTH) -> Any:
 
     Pure jax.numpy with static shapes: jit it, or call it inside a jitted render function.
     The tile is repeated from the top-left corner and scaled to RMS `strength` over the
-    frame; each 8×8 block is weighted by its contrast (std of the green channel on every
-    other pixel), the weights normalised to RMS 1 per frame and kept within [0.35, 2.5]·RMS.
+    frame; each 8×8 block is weighted by (its contrast + 4)^TEXTURE_POWER (contrast: the
+    std of the green channel on every other pixel), the weights normalised to RMS 1 per frame
+    and kept within TEXTURE_RANGE.
     The change is rounded and added to R, G and B with saturation.
     """
     return _apply(frames, _pattern(tile, frames.shape[-3], frames.shape[-2], strength))
@@ -234,12 +241,12 @@ def _apply(frames: Any, pattern: Any) -> Any:
     pad = [(0, 0)] * (g.ndim - 2) + [(0, bh * half - g.shape[-2]), (0, bw * half - g.shape[-1])]
     g = jnp.pad(g, pad, mode="edge")
     blocks = g.reshape(*g.shape[:-2], bh, half, bw, half)
-    weight = jnp.sqrt(jnp.sqrt(jnp.var(blocks, axis=(-3, -1))) + 4.0)
+    weight = (jnp.sqrt(jnp.var(blocks, axis=(-3, -1))) + 4.0) ** TEXTURE_POWER
 
     def rms_one(x):
         return x / jnp.sqrt(jnp.mean(x ** 2, axis=(-2, -1), keepdims=True))
 
-    weight = rms_one(jnp.clip(rms_one(weight), 0.35, 2.5))
+    weight = rms_one(jnp.clip(rms_one(weight), *TEXTURE_RANGE))
     delta = pattern.reshape(bh, BLOCK, bw, BLOCK) * weight[..., :, None, :, None]
     delta = delta.reshape(*delta.shape[:-4], bh * BLOCK, bw * BLOCK)[..., :h, :w]
     out = frames.astype(jnp.int16) + jnp.round(delta).astype(jnp.int16)[..., None]
@@ -391,7 +398,8 @@ class Detection:
       without a watermark), maximised over TILE² shifts and the scales tried.
     payload / payload_valid: the 40 bits read at that peak and whether their CRC-8 checks out
       (read even when nothing is detected: then they are noise).
-    detected: score ≥ threshold, or a valid payload of a known kind.
+    detected: score ≥ threshold, or a valid payload of a known kind with score ≥
+      PAYLOAD_MIN_SCORE.
     false_alarm: a bound on the chance of evidence this strong without a watermark (Bonferroni
       over shifts and scales for the score, 2·2⁻¹⁶ for a valid payload).
     """
@@ -465,18 +473,20 @@ def _fold(img: np.ndarray, scale: float) -> np.ndarray:
 def _highpass(img: np.ndarray, scale: float) -> np.ndarray:
     from scipy import ndimage
 
-    return img - ndimage.gaussian_filter(img, sigma=8.0 * scale, mode="reflect")
+    # σ = 3 px at the embedding scale: removes the image's strong low frequencies, whose
+    # leakage through the fold's uneven edges would otherwise drown the band's lower end.
+    return img - ndimage.gaussian_filter(img, sigma=3.0 * scale, mode="reflect")
 
 
 def _whiten(tile: np.ndarray) -> np.ndarray:
     """The folded tile's spectrum on the carrier band at unit magnitude, times
-    min(1, median / magnitude): bins dominated by strong image content count less."""
+    min(1, q / magnitude) with q the band's upper-quartile magnitude: the few bins dominated
+    by strong image content (edges, periodic texture) count less."""
     spec = np.fft.rfft2(tile)
     band = _carriers().band
-    mag = np.abs(spec)
-    floor = np.median(mag[band])
-    weight = np.minimum(1.0 / np.maximum(mag, 1e-300), floor / np.maximum(mag, 1e-300) ** 2)
-    return np.where(band & (mag > 0), spec * weight, 0)
+    mag = np.maximum(np.abs(spec), 1e-12)
+    q = np.quantile(mag[band], 0.75)
+    return np.where(band, spec * np.minimum(1.0 / mag, q / mag ** 2), 0)
 
 
 def _surface(white: np.ndarray, carrier: np.ndarray) -> np.ndarray:
@@ -533,7 +543,8 @@ def detect_mean(mean_luma: np.ndarray, frames: int = 1, threshold: float = DEFAU
         symbol_scores.append(float(at.flat[v]))
     payload, valid = Payload.from_bytes(value.to_bytes(PAYLOAD_BITS // 8, "big"))
     p_score = min(1.0, TILE * TILE * len(scales) * 0.5 * math.erfc(score / math.sqrt(2.0)))
-    p_payload = len(KINDS) / 2.0 ** 16 if valid and payload.kind in KINDS else 1.0
+    known = valid and payload.kind in KINDS and score >= PAYLOAD_MIN_SCORE
+    p_payload = len(KINDS) / 2.0 ** 16 if known else 1.0
     return Detection(detected=score >= threshold or p_payload < 1.0, score=score,
                      threshold=threshold, false_alarm=min(p_score, p_payload), scale=s,
                      shift=shift, payload=payload, payload_valid=valid,
