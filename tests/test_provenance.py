@@ -205,7 +205,8 @@ def test_metadata_round_trip(clips, tmp_path):
     mkv = media.write_video(tmp_path / "x.mkv", clips["clean"][:5], metadata=label.metadata())
     meta = P.parse_metadata(media.read_metadata(mkv))
     assert meta["kind"] == "SynthTalk render" and meta["watermark"] == "off"
-    pngs = media.write_frames_png(tmp_path / "frames", clips["clean"][:2], metadata=label.metadata())
+    pngs = media.write_frames_png(tmp_path / "frames", clips["clean"][:2],
+                                  metadata=label.metadata())
     with Image.open(pngs[0]) as im:
         assert P.parse_metadata(im.text)["watermark"] == "off"
 
@@ -319,7 +320,8 @@ def test_cli_no_watermark_recorded(gen_frames, bundle_dir, tmp_path, capsys, mon
     rc, out, err = _cli([*common, "--out", tmp_path / "frames", "--frames-dir", "--no-watermark"],
                         capsys)
     assert rc == 0, err
-    frames_off = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "frames").iterdir())])
+    frames_off = np.stack([np.asarray(Image.open(p))
+                           for p in sorted((tmp_path / "frames").iterdir())])
     rc, out, err = _cli([*common, "--out", tmp_path / "frames_on", "--frames-dir"], capsys)
     assert rc == 0 and "watermark on" in out, err
     frames_on = np.stack([np.asarray(Image.open(p))

@@ -4,7 +4,7 @@
     gen.prepare("face.jpg")                            # crop → resize → encoders, cached
     result = gen.generate("speech.wav", Controls(emotion="happy", gaze=(0, 5), seed=0))
     gen.write(result.frames, result.audio, "out.mp4")  # H.264 + AAC (or a folder: PNG frames),
-                                                       # labelled + watermarked (vasa_jax.provenance)
+                                                       # labelled + watermarked (provenance.py)
 
     for frames in gen.stream(chunks, Controls(seed=0)):   # online: W frames at a time
         show(frames)                                       # uint8 [n, S, S, 3]
