@@ -46,7 +46,8 @@ STAGE_SYNTH = dict(resolution=64, num_frames=20, num_train_identities=4, num_tes
 
 @pytest.fixture(scope="session")
 def face_workdir(tmp_path_factory):
-    """A stage-1 workdir holding a real (untrained, freshly initialised) orbax checkpoint."""
+    """A stage-1 workdir holding a real (untrained, freshly initialised, random pose head) orbax
+    checkpoint."""
     from vasa_jax import sharding
     from vasa_jax.checkpoint import Checkpointer
     from vasa_jax.config_util import load_config
@@ -60,6 +61,11 @@ def face_workdir(tmp_path_factory):
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
     _, init, _, shardings = face_latent.build_state_fns(cfg, mesh)
     state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+    # A fresh pose head is zero (every frame gets pose 0, by design); give it small random
+    # weights, as any training would, so that poses and their stage-2 statistics vary.
+    for tree in ("gen", "ema"):
+        head = state[tree]["motion"]["pose_head"]
+        head["kernel"] = 0.05 * jax.random.normal(jax.random.key(1), head["kernel"].shape)
     with Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False) as ckpt:
         ckpt.save(0, state, force=True)
     return workdir

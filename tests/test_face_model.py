@@ -64,13 +64,55 @@ def test_output_shapes(tiny):
     chex.assert_shape(grid, (b, cfg.volume_depth, vs, vs, 3))
 
 
-def test_angles_bounded(tiny):
-    cfg, model = tiny
-    # Large-magnitude inputs push the pose head towards saturation.
-    img = 50.0 * _images(jax.random.key(2), 4, cfg.image_size)
+def test_angles_bounded():
+    cfg, model = _make_test_model()  # its own model: the weights are changed below
     graphdef, state = nnx.split(model)
+    # The pose head starts at zero; give it large weights, and large-magnitude inputs, to push
+    # the angles towards saturation.
+    kernel = state["motion"]["pose_head"]["kernel"]
+    kernel.set_value(100.0 * jax.random.normal(jax.random.key(7), kernel.shape))
+    img = 50.0 * _images(jax.random.key(2), 4, cfg.image_size)
     z_pose, _ = jax.jit(lambda st, x: nnx.merge(graphdef, st).encode_motion(x))(state, img)
+    assert float(jnp.max(jnp.abs(z_pose[:, :3]))) > 0.5 * cfg.max_angle_deg
     assert bool(jnp.all(jnp.abs(z_pose[:, :3]) <= cfg.max_angle_deg))
+
+
+def test_training_starts_from_the_identity_warp(tiny):
+    # Zero pose head: every image gets pose 0 (no rotation, translation or scaling), so both
+    # rigid warps are the identity grid and the model starts as an autoencoder of the source.
+    cfg, model = tiny
+    img = _images(jax.random.key(8), 3, cfg.image_size)
+    z_pose, _ = model.encode_motion(img)
+    np.testing.assert_array_equal(np.asarray(z_pose), 0.0)
+    ident = identity_grid(cfg.volume_depth, cfg.volume_size, cfg.volume_size)
+    for warp in (model.warp_s2c, model.warp_c2d):
+        np.testing.assert_allclose(warp.rigid(z_pose), jnp.broadcast_to(ident, (3, *ident.shape)),
+                                   atol=1e-6)
+
+
+@pytest.mark.parametrize("pool,stride", [("mean", 1), ("spatial", 1), ("mean", 2)])
+def test_encoder_variants(pool, stride):
+    # "mean" is what configs written before motion_pool existed mean; every stem stride keeps
+    # the encoders' output shapes.
+    cfg, model = _make_test_model(motion_pool=pool, stem_stride=stride)
+    z_pose, z_dyn = model.encode_motion(_images(jax.random.key(9), 2, cfg.image_size))
+    chex.assert_shape((z_pose, z_dyn), ((2, POSE_DIM), (2, cfg.dyn_dim)))
+    assert hasattr(model.motion, "hidden") == (pool == "spatial")
+    v = model.appearance(_images(jax.random.key(9), 2, cfg.image_size))
+    chex.assert_shape(v, (2, cfg.volume_depth, cfg.volume_size, cfg.volume_size,
+                          cfg.volume_channels))
+    old = _load_config("tiny").model
+    del old["motion_pool"], old["stem_stride"]
+    assert build_model(old, nnx.Rngs(0)).motion.pool == "mean"
+
+
+def test_group_norms_keep_several_channels_per_group():
+    from vasa_jax.models.layers import num_groups
+    assert [num_groups(c) for c in (8, 16, 32, 64, 128, 512, 6)] == [2, 4, 8, 16, 32, 32, 1]
+    _, model = _make_test_model()
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.GroupNorm):
+            assert node.group_size >= 4 or node.num_groups == 1, path
 
 
 def test_rotation_matches_synthtalk():
@@ -144,6 +186,8 @@ def optax_global_norm(tree) -> float:
     ("id_dim", 0),
     ("max_angle_deg", 0.0),
     ("encoder_downsamples", 7),
+    ("stem_stride", 3),
+    ("motion_pool", "max"),
 ])
 def test_bad_config_names_field(field, value):
     with pytest.raises(ConfigError, match=field):

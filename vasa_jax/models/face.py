@@ -79,7 +79,17 @@ def check_model_config(cfg: Any) -> int:
     check(cfg.volume_depth % f == 0 and cfg.volume_size % f == 0,
           f"model.warp_upsamples={cfg.warp_upsamples}: 2**warp_upsamples={f} must divide "
           f"volume_depth={cfg.volume_depth} and volume_size={cfg.volume_size}")
+    stride = _stem_stride(cfg)
+    check(stride in (1, 2, 4) and 2 * stride <= ratio and 2 ** cfg.encoder_downsamples >= stride,
+          f"model.stem_stride={stride!r} is invalid: use 1, 2 or 4, at most half of "
+          f"image_size/volume_size={ratio} and at most 2**encoder_downsamples")
     return int(np.log2(ratio))
+
+
+def _stem_stride(cfg: Any) -> int:
+    """Stride of every encoder's first conv (`model.stem_stride`, default 1). 2 runs the first
+    residual stage at half resolution — 4× fewer FLOPs where the 64² encoders spend most."""
+    return int(cfg.get("stem_stride", 1))
 
 
 def _stage_channels(base: int, max_ch: int, n: int) -> list[int]:
@@ -122,13 +132,17 @@ def invert_similarity(rot, trans, scale):
 # ----------------------------------------------------------------------------- encoders
 
 class _Trunk2D(nnx.Module):
-    """Conv stem + `downsamples` stages of (ResBlock2D, avg-pool) + global average pool."""
+    """Conv stem + `downsamples` stages of (ResBlock2D, avg-pool) + global average pool
+    (`pool=False`: the last feature map [B, h, w, C] instead)."""
 
-    def __init__(self, channels: int, max_channels: int, downsamples: int, *, rngs: nnx.Rngs):
-        chs = _stage_channels(channels, max_channels, downsamples)
-        self.stem = nnx.Conv(3, chs[0], (3, 3), rngs=rngs)
+    def __init__(self, channels: int, max_channels: int, downsamples: int, *, rngs: nnx.Rngs,
+                 pool: bool = True, stem_stride: int = 1):
+        self.pool = pool
+        blocks = downsamples - int(np.log2(stem_stride))
+        chs = _stage_channels(channels, max_channels, blocks)
+        self.stem = nnx.Conv(3, chs[0], (3, 3), strides=stem_stride, rngs=rngs)
         self.blocks = nnx.List([ResBlock2D(chs[i], chs[i + 1], rngs=rngs)
-                                for i in range(downsamples)])
+                                for i in range(blocks)])
         self.norm = nnx.GroupNorm(chs[-1], num_groups(chs[-1]), rngs=rngs)
         self.out_features = chs[-1]
 
@@ -136,17 +150,18 @@ class _Trunk2D(nnx.Module):
         x = self.stem(image)
         for block in self.blocks:
             x = downsample(block(x))
-        return jnp.mean(nnx.silu(self.norm(x)), axis=(1, 2))  # [B, C]
+        x = nnx.silu(self.norm(x))
+        return jnp.mean(x, axis=(1, 2)) if self.pool else x  # [B, C] or [B, h, w, C]
 
 
 class AppearanceEncoder(nnx.Module):
     """image [B, S, S, 3] → V_app [B, D, S', S', C]: 2D downsampling, channels → depth, 3D blocks."""
 
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
-        n_down = check_model_config(cfg)
+        n_down = check_model_config(cfg) - int(np.log2(_stem_stride(cfg)))
         chs = _stage_channels(cfg.base_channels, cfg.max_channels, n_down)
         self.depth, self.channels = cfg.volume_depth, cfg.volume_channels
-        self.stem = nnx.Conv(3, chs[0], (3, 3), rngs=rngs)
+        self.stem = nnx.Conv(3, chs[0], (3, 3), strides=_stem_stride(cfg), rngs=rngs)
         self.down = nnx.List([ResBlock2D(chs[i], chs[i + 1], rngs=rngs) for i in range(n_down)])
         self.to_volume = nnx.Conv(chs[-1], self.depth * self.channels, (1, 1), rngs=rngs)
         self.blocks = nnx.List([ResBlock3D(self.channels, self.channels, rngs=rngs)
@@ -169,7 +184,7 @@ class IdentityEncoder(nnx.Module):
 
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
         self.trunk = _Trunk2D(cfg.encoder_channels, cfg.encoder_max_channels,
-                              cfg.encoder_downsamples, rngs=rngs)
+                              cfg.encoder_downsamples, rngs=rngs, stem_stride=_stem_stride(cfg))
         self.head = nnx.Linear(self.trunk.out_features, cfg.id_dim, rngs=rngs)
 
     def __call__(self, image: jax.Array) -> jax.Array:
@@ -177,18 +192,43 @@ class IdentityEncoder(nnx.Module):
 
 
 class MotionEncoder(nnx.Module):
-    """image → (z_pose [B, 7], z_dyn [B, dyn_dim]); angles = tanh(·) × max_angle_deg (degrees)."""
+    """image → (z_pose [B, 7], z_dyn [B, dyn_dim]); angles = tanh(·) × max_angle_deg (degrees).
+
+    `motion_pool`: "mean" pools the trunk's last feature map globally (position-blind);
+    "spatial" (every config in configs/face_latent.py; a config without the field, as
+    written by older runs, means "mean") keeps the layout — a 1×1 conv to `_SPATIAL_CH` channels, flattened,
+    then a hidden layer — so where the nose or the mouth is, which is what pose and
+    expression are, reaches the heads directly. The pose head starts at zero: both warps
+    begin as the identity and pose grows out of the reconstruction loss instead of starting
+    from random ±40° rotations that scramble the volume.
+    """
+
+    _SPATIAL_CH = 32
+    _HIDDEN = 256
 
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
         self.max_angle = float(cfg.max_angle_deg)
+        self.pool = cfg.get("motion_pool", "mean")
+        check(self.pool in ("mean", "spatial"),
+              f"model.motion_pool={self.pool!r} is invalid: use 'mean' or 'spatial'")
         self.trunk = _Trunk2D(cfg.encoder_channels, cfg.encoder_max_channels,
-                              cfg.encoder_downsamples, rngs=rngs)
+                              cfg.encoder_downsamples, rngs=rngs, pool=self.pool == "mean",
+                              stem_stride=_stem_stride(cfg))
         feats = self.trunk.out_features
-        self.pose_head = nnx.Linear(feats, POSE_DIM, rngs=rngs)
+        if self.pool == "spatial":
+            side = cfg.image_size // 2 ** cfg.encoder_downsamples
+            self.reduce = nnx.Conv(feats, self._SPATIAL_CH, (1, 1), rngs=rngs)
+            self.hidden = nnx.Linear(side * side * self._SPATIAL_CH, self._HIDDEN, rngs=rngs)
+            feats = self._HIDDEN
+        self.pose_head = nnx.Linear(feats, POSE_DIM, kernel_init=nnx.initializers.zeros,
+                                    rngs=rngs)
         self.dyn_head = nnx.Linear(feats, cfg.dyn_dim, rngs=rngs)
 
     def __call__(self, image: jax.Array) -> tuple[jax.Array, jax.Array]:
         h = self.trunk(image)
+        if self.pool == "spatial":
+            h = self.reduce(h)
+            h = nnx.silu(self.hidden(h.reshape(h.shape[0], -1)))
         raw = self.pose_head(h)
         angles = jnp.tanh(raw[:, :3]) * self.max_angle
         return jnp.concatenate([angles, raw[:, 3:]], axis=-1), self.dyn_head(h)

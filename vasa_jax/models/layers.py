@@ -12,9 +12,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 
-def num_groups(channels: int, max_groups: int = 32) -> int:
-    """Largest group count ≤ max_groups that divides `channels`."""
-    for g in range(min(max_groups, channels), 0, -1):
+def num_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> int:
+    """Largest group count ≤ max_groups that divides `channels` into groups of at least
+    `min_group_size` channels.
+
+    One channel per group is instance normalisation: every channel loses its per-image mean,
+    so a narrow decoder cannot carry an image's colour and brightness through its norms (the
+    tiny stage-1 model reached 18.8 dB held-out PSNR in a 4-minute CPU probe that way, 22.2 dB
+    with this rule). With ≥ 4 channels per group the relative levels inside a group survive.
+    """
+    for g in range(min(max_groups, channels // min_group_size), 0, -1):
         if channels % g == 0:
             return g
     return 1
