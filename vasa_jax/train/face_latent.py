@@ -41,7 +41,7 @@ def _modules(config, rng):
 
 
 def _optimizer(config):
-    return loop.make_optimizer(config, b1=0.5)  # b1 = 0.5: the usual choice for GAN training
+    return loop.make_optimizer(config, b1=config.get("adam_b1", 0.5))
 
 
 def build_state_fns(config, mesh):
