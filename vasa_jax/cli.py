@@ -17,22 +17,13 @@ import sys
 
 
 def _preview(args) -> int:
-    from vasa_jax import provenance
     from vasa_jax.data.synthtalk.preview import write_preview
 
-    video, sheet = write_preview(args.out, identity=args.identity, seed=args.seed,
-                                 seconds=args.seconds, resolution=args.resolution,
-                                 emotion=args.emotion)
     # A procedural render, not a model's output, but a synthetic face all the same: labelled
     # as a SynthTalk render (no checkpoint), watermarked unless --no-watermark.
-    label = provenance.Provenance(kind=provenance.KIND_SYNTHTALK,
-                                  watermark=not args.no_watermark)
-    try:
-        provenance.label_file(video, label)
-    except BaseException:
-        video.unlink(missing_ok=True)   # no unlabelled preview left behind
-        sheet.unlink(missing_ok=True)
-        raise
+    video, sheet = write_preview(args.out, identity=args.identity, seed=args.seed,
+                                 seconds=args.seconds, resolution=args.resolution,
+                                 emotion=args.emotion, watermark=not args.no_watermark)
     print(f"wrote {video} and {sheet}")
     return 0
 

@@ -374,8 +374,8 @@ def parse_metadata(tags: Mapping[str, str]) -> dict[str, str] | None:
 
 def label_file(path: str | os.PathLike, label: Provenance, crf: int = 18) -> Path:
     """Rewrites a video in place (atomically) with `label`'s watermark and metadata, its audio
-    kept (mono, same rate). For writers that take no label: the SynthTalk preview and the
-    stage-2 evaluation's sample call their writer first, then this. A video that already
+    kept (mono, same rate). For videos written by something that takes no label. A video
+    that already
     carries a vasa_jax label is left as it is (no second watermark)."""
     from vasa_jax.data import media
 

@@ -55,7 +55,11 @@ def read_mouth_opening(probe: dict, motion_raw) -> np.ndarray:
 
 
 def evaluate(face_workdir: str, motion_workdir: str, out_dir: str | None = None, *,
-             steps: int | None = None, max_clips: int | None = None) -> dict:
+             steps: int | None = None, max_clips: int | None = None,
+             watermark: bool = True) -> dict:
+    """Stage-2 sanity evaluation on the held-out clips (module doc); returns and writes
+    OUT/eval.json, plus a sample video (labelled as model output; `watermark=False` leaves its
+    frames unmarked, as its metadata says) and a frame strip."""
     from vasa_jax import diffusion
     from vasa_jax.data import builders, latents, media
     from vasa_jax.data.synthtalk.spec import SAMPLES_PER_FRAME
@@ -164,8 +168,17 @@ def evaluate(face_workdir: str, motion_workdir: str, out_dir: str | None = None,
     if sample is not None:
         gt, v0, v1, audio = sample
         n = len(v0)
-        media.write_video(os.path.join(out_dir, "sample.mp4"), v0, fps=25,
-                          audio=audio[:n * SAMPLES_PER_FRAME])
+        # Model output: labelled like the generator's (the same checkpoint hash as the bundle
+        # `vasa-jax export` would write from these two workdirs).
+        from vasa_jax import provenance
+        from vasa_jax.inference.bundle import params_hash
+
+        label = provenance.Provenance(
+            checkpoint_hash=params_hash(nnx.state(gen).to_pure_dict(),
+                                        nnx.state(model).to_pure_dict()),
+            watermark=watermark)
+        media.write_video(os.path.join(out_dir, "sample.mp4"), label.mark(v0), fps=25,
+                          audio=audio[:n * SAMPLES_PER_FRAME], metadata=label.metadata())
         idx = np.arange(0, n, 4)[:12]
         strip = np.concatenate([np.concatenate(list(x[idx]), 1) for x in (gt, v0, v1)], 0)
         media.write_png(os.path.join(out_dir, "frames.png"), strip)

@@ -93,8 +93,15 @@ def curves_sheet(frames: np.ndarray, curves: dict[str, np.ndarray], title: str =
 
 
 def write_preview(out: str | os.PathLike, identity: int = 3, seed: int = 0, seconds: float = 4.0,
-                  resolution: int = 256, emotion: str | None = None) -> tuple[Path, Path]:
-    """Generates a clip and writes OUT (mp4 with audio) and OUT with .png (contact sheet)."""
+                  resolution: int = 256, emotion: str | None = None,
+                  watermark: bool = True) -> tuple[Path, Path]:
+    """Generates a clip and writes OUT (mp4 with audio) and OUT with .png (contact sheet).
+
+    The video is labelled a SynthTalk render (`vasa_jax.provenance`): container metadata and,
+    unless watermark=False (then the metadata says `watermark off`), the invisible watermark.
+    """
+    from vasa_jax import provenance
+
     check(seconds > 0, f"seconds={seconds} must be positive")
     out = Path(out)
     check(out.suffix.lower() in (".mp4", ".mov", ".mkv"),
@@ -105,7 +112,9 @@ def write_preview(out: str | os.PathLike, identity: int = 3, seed: int = 0, seco
     clip = generate_clip(identity=identity, seed=seed, num_frames=num_frames,
                          resolution=resolution, emotion=emotion)
     sheet_path = out.with_suffix(".png")
-    media.write_video(out, clip.frames, fps=FPS, audio=clip.audio, sample_rate=SAMPLE_RATE)
+    label = provenance.Provenance(kind=provenance.KIND_SYNTHTALK, watermark=watermark)
+    media.write_video(out, label.mark(clip.frames), fps=FPS, audio=clip.audio,
+                      sample_rate=SAMPLE_RATE, metadata=label.metadata())
     try:
         media.write_png(sheet_path, contact_sheet(clip))
     except BaseException:
