@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from _machine import cpu_model
+
 
 def _versions() -> dict:
     import importlib.metadata as md
@@ -39,19 +41,10 @@ def machine_info() -> dict:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    cpu_model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     return {
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "cpu_model": cpu_model,
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": usable,
         "python": sys.version.split()[0],

@@ -38,22 +38,12 @@ from PIL import Image, ImageDraw
 from vasa_jax import provenance as P
 from vasa_jax.data import media
 from vasa_jax.data.synthtalk import generate_clip
+from _machine import cpu_model
 
 FPS = 25
 TRANSFORMS = ["none", "crf28", "half", "crop10", "brightness_contrast", "cut2s", "combined"]
 TARGETS = ["crf28", "half", "crop10", "brightness_contrast", "cut2s"]
 CKPT = "5e7c0d3a" + "9" * 56     # any checkpoint hash: the payload carries its first 24 bits
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # ----------------------------------------------------------------------------------------------

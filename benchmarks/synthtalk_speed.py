@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 
 from vasa_jax.data import synthtalk  # noqa: E402
 from vasa_jax.data.synthtalk.clip import render_frames  # noqa: E402
+from _machine import cpu_model  # noqa: E402
 
 
 def _time(fn, repeats):
@@ -26,17 +27,6 @@ def _time(fn, repeats):
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main():
