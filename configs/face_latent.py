@@ -18,7 +18,7 @@ MODELS = {
         encoder_channels=16, encoder_max_channels=64, encoder_downsamples=3,
         id_dim=32, dyn_dim=16, max_angle_deg=90.0, motion_pool="spatial", stem_stride=2,
         warp_channels=32, warp_upsamples=1, warp_blocks=1,
-        decoder_channels=64, decoder_blocks3d=1, decoder_blocks2d=1,
+        decoder_channels=64, decoder_blocks3d=1, decoder_blocks2d=1, decoder_cond="none",
     ),
     "vox512": dict(
         image_size=512, base_channels=64, max_channels=512,
@@ -26,7 +26,7 @@ MODELS = {
         encoder_channels=64, encoder_max_channels=768, encoder_downsamples=5,
         id_dim=512, dyn_dim=256, max_angle_deg=90.0, motion_pool="spatial",
         warp_channels=512, warp_upsamples=2, warp_blocks=2,
-        decoder_channels=768, decoder_blocks3d=6, decoder_blocks2d=5,
+        decoder_channels=768, decoder_blocks3d=6, decoder_blocks2d=5, decoder_cond="none",
     ),
 }
 
@@ -99,7 +99,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Head-pose supervision of z_pose's angles from a pose estimator (face-vid2vid style).
         # On SynthTalk the estimator is the ground truth; real data needs a pluggable
         # estimator (not yet), so it is off by default.
-        head_pose=0.0))
+        head_pose=0.0,
+        # Local L1 around the driver's mouth / eyes (LivePortrait-style regional losses): the
+        # landmarks come from SynthTalk's truth here, from a landmark detector on real data.
+        mouth=0.0, eyes=0.0))
+    # Window of the mouth/eye losses: Gaussian sigma as a fraction of the inter-ocular distance.
+    config.region_sigma = 0.3
     config.identity_net = ""
     config.adam_b1 = TRAIN[name].get("adam_b1", 0.5)  # 0.5: the usual choice with a GAN
     if name in ("tiny_run", "tiny_pose"):

@@ -241,3 +241,38 @@ def test_head_pose_loss_known_value():
     assert float(head_pose_loss(z, z[:, :3])) == 0.0
     with pytest.raises(ValueError, match="head_pose_loss"):
         head_pose_loss(z, truth[:1])
+
+
+def test_region_l1_loss_sees_only_errors_under_its_window():
+    # An error patch at the landmark counts fully; the same patch far away barely counts.
+    h = w = 64
+    target = jnp.zeros((2, h, w, 3))
+    pred = target.at[0, 40:44, 20:24].set(1.0).at[1, 4:8, 56:60].set(1.0)
+    # Landmark at the centre of image 0's patch (pixel 22, 42 → normalised coordinates).
+    lm = jnp.asarray([[[(22 + 0.0) / w * 2 - 1, (42 + 0.0) / h * 2 - 1]]] * 2)
+    sigma = jnp.full((2,), 2.0 / w * 2)  # 2 pixels
+    near = float(L.region_l1_loss(pred[:1], target[:1], lm[:1], sigma[:1]))
+    far = float(L.region_l1_loss(pred[1:], target[1:], lm[1:], sigma[1:]))
+    assert near > 0.4 and far < 1e-6  # a 4×4 patch holds about half of a σ = 2 px window
+    # The window is normalised: a uniform error of 0.25 gives 0.25 wherever the landmark is.
+    np.testing.assert_allclose(
+        float(L.region_l1_loss(target + 0.25, target, lm * 0.3, sigma)), 0.25, rtol=1e-5)
+    # Known map: the weight is exp(-d²/2σ²) of the pixel centre's distance.
+    wmap = L.landmark_weight_map(lm[:1], h, w, sigma[:1])
+    np.testing.assert_allclose(float(wmap[0, 42, 22]), np.exp(-2 * (0.5 / w * 2) ** 2
+                                                               / (2 * float(sigma[0]) ** 2)),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="region_l1_loss"):
+        L.region_l1_loss(pred, target, lm[:1], sigma)
+
+
+def test_facial_region_losses_scale_with_the_face():
+    # Mouth and eye windows follow the landmarks; sigma is a fraction of the eye distance.
+    target = jnp.zeros((1, 64, 64, 3))
+    lm = jnp.asarray([[[-0.3, -0.2], [0.3, -0.2], [0.0, 0.0], [0.0, 0.4]]])
+    mouth_err = target.at[0, 42:48, 29:35].set(1.0)  # around (0, 0.4)
+    terms = L.facial_region_losses(mouth_err, target, lm, 0.3)
+    assert float(terms["mouth"]) > 10 * float(terms["eyes"])
+    eye_err = target.at[0, 23:29, 20:26].set(1.0)  # around (-0.3, -0.2)
+    terms = L.facial_region_losses(eye_err, target, lm, 0.3)
+    assert float(terms["eyes"]) > 10 * float(terms["mouth"])

@@ -191,3 +191,28 @@ def test_bad_config_values_name_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=field) as err:
         synthtalk.ClipSpec(**base)
     assert "\n" not in str(err.value)
+
+
+def test_landmarks_sit_where_the_mouth_and_eyes_change_under_pose():
+    # The stored landmarks (a stand-in for a landmark detector) must land on the pixels that
+    # opening the mouth / shutting the eyes changes, for turned and shifted heads.
+    from vasa_jax.data.synthtalk.clip import render_frames, sample_factors
+
+    res = 128
+    for ident in range(3):
+        spec = synthtalk.ClipSpec(identity=ident, seed=5, num_frames=30, resolution=res)
+        idn, emo, _, f = sample_factors(spec)
+        k = int(np.argmax(np.abs(f["rotation"][:, 0])))  # the most turned frame
+        assert abs(f["rotation"][k, 0]) > 5.0
+        g = {name: np.repeat(v[k:k + 1], 3, 0) for name, v in f.items()}
+        g["mouth"] = np.asarray([[0, 0.5, 0], [1, 0.5, 0], [0, 0.5, 0]], np.float32)
+        g["blink"] = np.asarray([0, 0, 1], np.float32)
+        frames = render_frames(idn, g, emo, res).astype(np.float64)
+        lm = (f["landmarks"][k] + 1) / 2 * res  # pixels (column, row)
+        assert f["landmarks"].shape == (30, len(synthtalk.LANDMARKS), 2)
+        ys, xs = np.nonzero(np.abs(frames[1] - frames[0]).sum(-1) > 30)
+        np.testing.assert_allclose([xs.mean(), ys.mean()], lm[3], atol=1.5)
+        ys, xs = np.nonzero(np.abs(frames[2] - frames[0]).sum(-1) > 30)
+        left = xs < xs.mean()  # the lids close from above: their centroid sits a little high
+        np.testing.assert_allclose([xs[left].mean(), ys[left].mean()], lm[0], atol=2.0)
+        np.testing.assert_allclose([xs[~left].mean(), ys[~left].mean()], lm[1], atol=2.0)

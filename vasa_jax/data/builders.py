@@ -21,6 +21,8 @@ Record layout (one clip per record, T = num_frames, R = resolution):
   f0           float32 [T]       pitch (Hz)
   loudness     float32 [T]       articulatory loudness
   viseme       int32 [T]         index into synthtalk.VISEMES
+  landmarks    float32 [T, 4, 2] synthtalk.LANDMARKS (eyes, nose tip, mouth) in normalised
+                                 image coordinates (x right, y down)
   identity     int64 []          SynthTalk identity id
   emotion      int64 []          index into synthtalk.EMOTIONS
   clip_seed    int64 []          `generate_clip(identity, clip_seed, T, R)` regenerates the clip
@@ -68,6 +70,7 @@ FACTOR_SPECS: dict[str, tuple[tuple[int, ...], Any]] = {
     "f0": ((), np.float32),
     "loudness": ((), np.float32),
     "viseme": ((), np.int32),
+    "landmarks": ((len(synthtalk.LANDMARKS), 2), np.float32),
 }
 FACTORS = tuple(FACTOR_SPECS)
 
@@ -199,8 +202,9 @@ class SynthTalk(tfds.core.GeneratorBasedBuilder):
     """SynthTalk talking-head clips with exact per-frame ground truth (see module doc)."""
 
     name = "synthtalk"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "PNG frames, 16 kHz audio and all SynthTalk factors per clip."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "PNG frames, 16 kHz audio and all SynthTalk factors per clip.",
+                     "1.1.0": "Adds per-frame 2D landmarks (eyes, nose tip, mouth)."}
     BUILDER_CONFIG_CLASS = SynthTalkConfig
     BUILDER_CONFIGS = [SynthTalkConfig()]
 

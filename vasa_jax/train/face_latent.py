@@ -103,6 +103,9 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
             terms["consist"] = losses.consistency_loss(gen.decode, e_d, e_s)
         if w.cross_id > 0 and id_fn is not None:
             terms["cross_id"] = losses.cross_identity_loss(id_fn, src, cross)
+        if w.get("mouth", 0.0) > 0 or w.get("eyes", 0.0) > 0:
+            terms.update(losses.facial_region_losses(recon, drv, batch["driver_landmarks"],
+                                                     config.get("region_sigma", 0.3)))
         if w.get("head_pose", 0.0) > 0:
             terms["head_pose"] = losses.head_pose_loss(
                 jnp.concatenate([e_s["z_pose"], e_d["z_pose"]]),
@@ -215,6 +218,8 @@ def train(config, workdir: str) -> dict:
     keys = ["source", "driver", "other"]
     if config.loss.get("head_pose", 0.0) > 0:
         keys += ["source_rotation", "driver_rotation"]  # the pose estimator's readings
+    if config.loss.get("mouth", 0.0) > 0 or config.loss.get("eyes", 0.0) > 0:
+        keys += ["driver_landmarks"]  # the landmark detector's readings
 
     def to_device(batch):
         return pipelines.global_batch({k: batch[k] for k in keys}, mesh)

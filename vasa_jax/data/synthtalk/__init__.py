@@ -15,6 +15,7 @@ from vasa_jax.data.synthtalk.spec import (
     EMOTIONS,
     FPS,
     HAIR_STYLES,
+    LANDMARKS,
     SAMPLE_RATE,
     SAMPLES_PER_FRAME,
     VISEMES,
@@ -24,7 +25,7 @@ from vasa_jax.data.synthtalk.spec import (
 )
 
 __all__ = [
-    "ACCESSORIES", "BACKGROUNDS", "EMOTIONS", "FPS", "HAIR_STYLES", "SAMPLE_RATE",
+    "ACCESSORIES", "BACKGROUNDS", "EMOTIONS", "FPS", "HAIR_STYLES", "LANDMARKS", "SAMPLE_RATE",
     "SAMPLES_PER_FRAME", "VISEMES", "Clip", "ClipSpec", "Identity", "check_resolution",
     "emotion_index", "generate_clip", "render_frames", "sample_factors", "sample_identity",
 ]

@@ -8,10 +8,11 @@ import numpy as np
 
 from vasa_jax.data.synthtalk.identity import Identity, sample_identity, stream
 from vasa_jax.data.synthtalk.motion import FOCAL, frame_mean, sample_motion
-from vasa_jax.data.synthtalk.render import Renderer
+from vasa_jax.data.synthtalk.render import Renderer, landmark_points, project
 from vasa_jax.data.synthtalk.spec import (
     CTRL_PER_FRAME,
     EMOTIONS,
+    LANDMARKS,
     SAMPLES_PER_FRAME,
     ClipSpec,
     emotion_index,
@@ -30,7 +31,10 @@ class Clip:
       camera, head units), scale [T] (focal / distance), gaze [T, 2] (camera-frame θ, φ in
       degrees; θ > 0 towards image right, φ > 0 up), eye_gaze [T, 2] (eye-in-head θ, φ), blink [T]
       (0 open, 1 shut), mouth [T, 3] (opening, width, rounding in [0, 1]), f0 [T] (Hz),
-      loudness [T] (articulatory loudness), viseme [T] (int32 index into VISEMES).
+      loudness [T] (articulatory loudness), viseme [T] (int32 index into VISEMES), landmarks
+      [T, 4, 2] (the LANDMARKS surface points — eyes, nose tip, mouth centre — projected to
+      normalised image coordinates like translation; what a face-landmark detector gives on
+      real video).
     """
 
     spec: ClipSpec
@@ -48,6 +52,16 @@ class Clip:
 def _frame_mode(x: np.ndarray) -> np.ndarray:
     blocks = x.reshape(-1, CTRL_PER_FRAME)
     return np.asarray([np.bincount(b).argmax() for b in blocks], np.int32)
+
+
+def project_landmarks(identity: Identity, rotation, shift, distance) -> np.ndarray:
+    """float32 [T, len(LANDMARKS), 2]: the identity's landmarks in normalised image coordinates
+    (x right, y down, [-1, 1] across the frame) for per-frame rotation, shift and distance."""
+    points = landmark_points(identity)
+    head = np.stack([points[name] for name in LANDMARKS])  # [L, 3]
+    out = np.stack([project(head, rotation[i], shift[i], distance[i], 2) - 1.0
+                    for i in range(len(distance))])
+    return out.astype(np.float32)
 
 
 def sample_factors(spec: ClipSpec) -> tuple[Identity, int, np.ndarray, dict]:
@@ -78,6 +92,7 @@ def sample_factors(spec: ClipSpec) -> tuple[Identity, int, np.ndarray, dict]:
         f0=frame_mean(speech.f0),
         loudness=frame_mean(speech.loudness),
         viseme=_frame_mode(speech.viseme),
+        landmarks=project_landmarks(identity, motion["rotation"], shift, dist),
         _shift=shift,
     )
     assert speech.audio.shape[0] == spec.num_frames * SAMPLES_PER_FRAME

@@ -23,6 +23,8 @@ VISEMES = ("silence", "open", "rounded", "spread", "bilabial", "fricative")
 HAIR_STYLES = ("bald", "short", "fringe", "long", "bun")
 ACCESSORIES = ("none", "round_glasses", "square_glasses", "headband")
 BACKGROUNDS = ("solid", "gradient", "stripes", "checker", "blobs")
+# The per-frame `landmarks` factor lists these surface points, in this order.
+LANDMARKS = ("left_eye", "right_eye", "nose_tip", "mouth")
 
 MIN_RESOLUTION = 64
 MAX_RESOLUTION = 512
