@@ -324,7 +324,7 @@ def render_functions(graphdef, r: int, warp_dt, dec_dt) -> dict:
         pose, dyn = split(motion)
         volume = nnx.merge(graphdef, sw).warp(rep(src["v_app"]), rep(src["z_id"]),
                                               rep(src["z_pose"]), rep(src["z_dyn"]), pose, dyn)
-        return quantise(nnx.merge(graphdef, sd).decoder(volume.astype(dec_dt)))
+        return quantise(nnx.merge(graphdef, sd).decoder(volume.astype(dec_dt), dyn))
 
     def warp_s2c(sw, src):
         model = nnx.merge(graphdef, sw)
@@ -339,20 +339,11 @@ def render_functions(graphdef, r: int, warp_dt, dec_dt) -> dict:
         return trilinear_sample(v_can, grid_c2d(sw, src, motion))
 
     def decoder_3d(sd, volume):
-        volume = volume.astype(dec_dt)
-        for block in nnx.merge(graphdef, sd).decoder.blocks3d:
-            volume = block(volume)
-        return volume
+        return nnx.merge(graphdef, sd).decoder.run3d(volume.astype(dec_dt))
 
-    def decoder_2d(sd, volume):   # Decoder.__call__ after its 3D blocks
-        dec = nnx.merge(graphdef, sd).decoder
-        b, d, h, w, c = volume.shape
-        x = dec.project(volume.transpose(0, 2, 3, 1, 4).reshape(b, h, w, d * c))
-        for block in dec.blocks2d:
-            x = block(x)
-        for block in dec.up:
-            x = block(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
-        return quantise(jnp.tanh(dec.to_rgb(nnx.silu(dec.norm(x)))))
+    def decoder_2d(sd, volume, motion):   # Decoder.__call__ after its 3D blocks
+        dyn = motion[:, POSE_DIM:].astype(dec_dt)
+        return quantise(nnx.merge(graphdef, sd).decoder.run2d(volume.astype(dec_dt), dyn))
 
     return dict(fused=fused, warp_s2c=warp_s2c, grid_c2d=grid_c2d, warp_c2d=warp_c2d,
                 decoder_3d=decoder_3d, decoder_2d=decoder_2d)
@@ -388,7 +379,7 @@ class RenderPath:
         grid = jax.jit(fn["grid_c2d"])(sw, src, mo)
         self.pieces["trilinear_sample"] = Piece(trilinear_sample, v_can, grid)
         self.pieces["decoder_3d"] = p = Piece(fn["decoder_3d"], sd, v_drv)
-        self.pieces["decoder_2d"] = Piece(fn["decoder_2d"], sd, p())
+        self.pieces["decoder_2d"] = Piece(fn["decoder_2d"], sd, p(), mo)
         chained = np.asarray(self.pieces["decoder_2d"]())
         # The pieces must compose to the fused decode (fusion may move a rounding by a level).
         self.chain_max_diff = int(np.abs(chained.astype(int) - self.images.astype(int)).max())
@@ -670,7 +661,7 @@ def abstract_costs(variant: str, render_batch: int | None) -> dict:
                   warp_c2d=stats(fn["warp_c2d"], f_state, src, vol, mo),
                   trilinear_sample=stats(trilinear_sample, vol, sds(r, d, vs, vs, 3)),
                   decoder_3d=stats(fn["decoder_3d"], f_state, vol),
-                  decoder_2d=stats(fn["decoder_2d"], f_state, vol))
+                  decoder_2d=stats(fn["decoder_2d"], f_state, vol, mo))
     per_frame = {n: v["flops"] and v["flops"] / r for n, v in pieces.items()}
 
     # DiT: one guided evaluation (CFG audio + gaze: 3 model evaluations batched) × steps.

@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from vasa_jax.errors import check
-from vasa_jax.models.layers import (AdaResBlock3D, ResBlock2D, ResBlock3D, downsample,
+from vasa_jax.models.layers import (AdaResBlock2D, AdaResBlock3D, ResBlock2D, ResBlock3D, downsample,
                                     num_groups, upsample)
 from vasa_jax.models.warp import rigid_grid, trilinear_sample
 
@@ -293,33 +293,55 @@ class WarpGenerator(nnx.Module):
 # ----------------------------------------------------------------------------- decoder
 
 class Decoder(nnx.Module):
-    """warped volume [B, D, S', S', C] → image [B, S, S, 3] in (-1, 1)."""
+    """warped volume [B, D, S', S', C] → image [B, S, S, 3] in (-1, 1).
+
+    `model.decoder_cond`: "none" (MegaPortraits' G_2D: every expression reaches the image
+    through the warps) or "dyn": the 2D blocks at volume resolution are adaptive-norm blocks
+    conditioned on the driver's z_dyn, so expression can also change what is rendered (an
+    opening mouth shows its inside, which no warp of a closed mouth's features contains).
+    """
 
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
         n_up = check_model_config(cfg)
         c = cfg.volume_channels
         chs = _stage_channels(cfg.base_channels, cfg.max_channels, n_up)
         chs[-1] = cfg.decoder_channels
+        self.cond = cfg.get("decoder_cond", "none")
+        check(self.cond in ("none", "dyn"),
+              f"model.decoder_cond={self.cond!r} is invalid: use 'none' or 'dyn'")
         self.blocks3d = nnx.List([ResBlock3D(c, c, rngs=rngs) for _ in range(cfg.decoder_blocks3d)])
         self.project = nnx.Conv(cfg.volume_depth * c, chs[-1], (1, 1), rngs=rngs)
-        self.blocks2d = nnx.List([ResBlock2D(chs[-1], chs[-1], rngs=rngs)
-                                  for _ in range(cfg.decoder_blocks2d)])
+        if self.cond == "dyn":
+            self.blocks2d = nnx.List([AdaResBlock2D(chs[-1], chs[-1], cfg.dyn_dim, rngs=rngs)
+                                      for _ in range(cfg.decoder_blocks2d)])
+        else:
+            self.blocks2d = nnx.List([ResBlock2D(chs[-1], chs[-1], rngs=rngs)
+                                      for _ in range(cfg.decoder_blocks2d)])
         self.up = nnx.List([ResBlock2D(chs[i + 1], chs[i], rngs=rngs)
                             for i in reversed(range(n_up))])
         self.norm = nnx.GroupNorm(chs[0], num_groups(chs[0]), rngs=rngs)
         self.to_rgb = nnx.Conv(chs[0], 3, (3, 3), rngs=rngs)
 
-    def __call__(self, volume: jax.Array) -> jax.Array:
+    def run3d(self, volume: jax.Array) -> jax.Array:
+        """The 3D blocks on the warped volume."""
         for block in self.blocks3d:
             volume = block(volume)
+        return volume
+
+    def run2d(self, volume: jax.Array, z_dyn: jax.Array | None = None) -> jax.Array:
+        """Orthographic projection (depth folded into channels) and the 2D decoder."""
+        check(self.cond == "none" or z_dyn is not None,
+              "this decoder is conditioned on z_dyn (model.decoder_cond='dyn'): pass z_dyn")
         b, d, h, w, c = volume.shape
-        # Orthographic projection: fold depth into channels.
         x = self.project(volume.transpose(0, 2, 3, 1, 4).reshape(b, h, w, d * c))
         for block in self.blocks2d:
-            x = block(x)
+            x = block(x, z_dyn.astype(x.dtype)) if self.cond == "dyn" else block(x)
         for block in self.up:
             x = block(upsample(x))
         return jnp.tanh(self.to_rgb(nnx.silu(self.norm(x))))
+
+    def __call__(self, volume: jax.Array, z_dyn: jax.Array | None = None) -> jax.Array:
+        return self.run2d(self.run3d(volume), z_dyn)
 
 
 # ----------------------------------------------------------------------------- model
@@ -361,12 +383,14 @@ class FaceLatentModel(nnx.Module):
 
     def decode(self, v_app, z_id, z_pose_src, z_dyn_src, z_pose_drv, z_dyn_drv) -> jax.Array:
         """Cached source pieces + driver motion → image [B, S, S, 3] in (-1, 1)."""
-        return self.decoder(self.warp(v_app, z_id, z_pose_src, z_dyn_src, z_pose_drv, z_dyn_drv))
+        return self.decoder(self.warp(v_app, z_id, z_pose_src, z_dyn_src, z_pose_drv, z_dyn_drv),
+                            z_dyn_drv)
 
     def decode_canonical(self, v_can, z_id, z_pose_drv, z_dyn_drv) -> jax.Array:
         """Canonical volume (from `to_canonical`) + driver motion → image [B, S, S, 3];
         equal to `decode` with the same source, without redoing the source warp per frame."""
-        return self.decoder(trilinear_sample(v_can, self.warp_c2d(z_pose_drv, z_dyn_drv, z_id)))
+        return self.decoder(trilinear_sample(v_can, self.warp_c2d(z_pose_drv, z_dyn_drv, z_id)),
+                            z_dyn_drv)
 
     def __call__(self, source: jax.Array, driver: jax.Array) -> jax.Array:
         src = self.encode(source)

@@ -72,8 +72,8 @@ class ResBlock3D(ResBlock):
 
 
 class AdaptiveGroupNorm3D(nnx.Module):
-    """GroupNorm on [B, D, H, W, C] whose scale/shift come from a condition [B, cond_dim]:
-    y = norm(x) * (1 + scale(cond)) + shift(cond)."""
+    """GroupNorm on [B, ..., C] (2 or 3 spatial dims) whose scale/shift come from a condition
+    [B, cond_dim]: y = norm(x) * (1 + scale(cond)) + shift(cond)."""
 
     def __init__(self, channels: int, cond_dim: int, *, rngs: nnx.Rngs):
         self.norm = nnx.GroupNorm(channels, num_groups(channels), use_bias=False,
@@ -87,20 +87,21 @@ class AdaptiveGroupNorm3D(nnx.Module):
 
     def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
         scale, shift = jnp.split(self.proj(cond), 2, axis=-1)
-        scale = scale[:, None, None, None, :]
-        shift = shift[:, None, None, None, :]
-        return self.norm(x) * (1.0 + scale) + shift
+        bcast = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+        return self.norm(x) * (1.0 + scale.reshape(bcast)) + shift.reshape(bcast)
 
 
-class AdaResBlock3D(nnx.Module):
-    """ResBlock3D whose norms are `AdaptiveGroupNorm3D` on a condition vector."""
+class AdaResBlock(nnx.Module):
+    """ResBlock over `ndim` spatial dims whose norms are adaptive on a condition vector."""
 
-    def __init__(self, in_ch: int, out_ch: int, cond_dim: int, *, rngs: nnx.Rngs):
+    def __init__(self, in_ch: int, out_ch: int, cond_dim: int, ndim: int = 3, *,
+                 rngs: nnx.Rngs):
+        k = (3,) * ndim
         self.norm1 = AdaptiveGroupNorm3D(in_ch, cond_dim, rngs=rngs)
-        self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3, 3), rngs=rngs)
+        self.conv1 = nnx.Conv(in_ch, out_ch, k, rngs=rngs)
         self.norm2 = AdaptiveGroupNorm3D(out_ch, cond_dim, rngs=rngs)
-        self.conv2 = nnx.Conv(out_ch, out_ch, (3, 3, 3), rngs=rngs)
-        self.skip = nnx.Conv(in_ch, out_ch, (1, 1, 1), rngs=rngs) if in_ch != out_ch else None
+        self.conv2 = nnx.Conv(out_ch, out_ch, k, rngs=rngs)
+        self.skip = nnx.Conv(in_ch, out_ch, (1,) * ndim, rngs=rngs) if in_ch != out_ch else None
 
     def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
         h = self.conv1(nnx.silu(self.norm1(x, cond)))
@@ -108,5 +109,19 @@ class AdaResBlock3D(nnx.Module):
         return h + (x if self.skip is None else self.skip(x))
 
 
-__all__ = ["AdaResBlock3D", "AdaptiveGroupNorm3D", "ResBlock", "ResBlock2D", "ResBlock3D",
+class AdaResBlock3D(AdaResBlock):
+    """AdaResBlock on [B, D, H, W, C]."""
+
+    def __init__(self, in_ch: int, out_ch: int, cond_dim: int, *, rngs: nnx.Rngs):
+        super().__init__(in_ch, out_ch, cond_dim, 3, rngs=rngs)
+
+
+class AdaResBlock2D(AdaResBlock):
+    """AdaResBlock on [B, H, W, C]."""
+
+    def __init__(self, in_ch: int, out_ch: int, cond_dim: int, *, rngs: nnx.Rngs):
+        super().__init__(in_ch, out_ch, cond_dim, 2, rngs=rngs)
+
+
+__all__ = ["AdaResBlock", "AdaResBlock2D", "AdaResBlock3D", "AdaptiveGroupNorm3D", "ResBlock", "ResBlock2D", "ResBlock3D",
            "downsample", "num_groups", "upsample"]
