@@ -1,7 +1,8 @@
 """The `vasa-jax` command.
 
 Subcommands: `preview` (a SynthTalk clip as mp4 + contact sheet), `synthtalk-build` (a SynthTalk
-data set as tfds/array_record), `generate` (portrait + speech → talking-face mp4 with a model
+data set as tfds/array_record), `preprocess` (VoxCeleb2 or a folder of videos → the same record
+layout, parallel and resumable), `generate` (portrait + speech → talking-face mp4 with a model
 bundle), `export` (two training workdirs → a model bundle), `demo` (data, both training
 stages, generation and metrics on CPU, from nothing) and `verify` (does a video carry the
 vasa_jax provenance labels: exit 0 watermark detected, 1 not detected, 2 bad input).
@@ -37,6 +38,23 @@ def _synthtalk_build(args) -> int:
     for split, source in sources.items():
         print(f"{split}: {len(source)} clips")
     print(f"SynthTalk data set ready under {args.data_dir}")
+    return 0
+
+
+def _preprocess(args) -> int:
+    import logging
+
+    from vasa_jax.config_util import load_config
+    from vasa_jax.data import preprocess
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("absl").setLevel(logging.ERROR)  # tfds' "custom data configuration"
+    config = load_config(args.config, args.overrides)
+    summary = preprocess.preprocess(config, args.input, args.data_dir, num_workers=args.workers,
+                                    progress=not args.no_progress)
+    print(preprocess.format_summary(summary))
+    print(f"train with: --config.data.data_dir={args.data_dir} "
+          f"--config.data.dataset={summary['dataset']}")
     return 0
 
 
@@ -210,6 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config file and size, e.g. configs/synthtalk.py:small")
     b.add_argument("--data-dir", required=True, help="tfds data directory to write into")
     b.set_defaults(func=_synthtalk_build)
+    r = sub.add_parser("preprocess", help="VoxCeleb2 or a folder of videos → training records "
+                       "(tfds, array_record; parallel, resumable)")
+    r.add_argument("--input", required=True, help="the VoxCeleb2 download folder (holding "
+                   "vox2_dev_mp4 / vox2_test_mp4) or a folder of videos (ROOT/<speaker>/...)")
+    r.add_argument("--data-dir", required=True, help="tfds data directory to write into "
+                   "(local path or bucket path)")
+    r.add_argument("--config", default="configs/preprocess.py:voxceleb2",
+                   help="config file and variant, e.g. configs/preprocess.py:folder")
+    r.add_argument("--workers", type=int, default=0,
+                   help="worker processes (default 0: one per CPU core; 1: no workers)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=_preprocess)
     g = sub.add_parser("generate", help="portrait + speech → talking-face video with a bundle")
     g.add_argument("--checkpoint", required=True,
                    help="model bundle folder (from `vasa-jax export` / export_bundle)")

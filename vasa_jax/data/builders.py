@@ -264,3 +264,42 @@ def prepare_synthtalk(data_dir: str, **config_fields) -> dict[str, Any]:
     builder = make_builder(data_dir, **config_fields)
     builder.download_and_prepare()
     return {split: builder.as_data_source(split=split) for split in SPLITS}
+
+
+def open_sources(data_config, data_dir: str, image_size: int | None = None) -> dict[str, Any]:
+    """The trainers' {"train", "test"} sources from `config.data`, on one host or many.
+
+    `data_config.dataset` empty (the default): SynthTalk sized by `data_config.synthtalk`,
+    built under `data_dir` if missing — in a multi-process run by process 0 while the others
+    wait, then opened by all. Otherwise a data set prepared by `vasa-jax preprocess`, named
+    "voxceleb2/<config name>" or "video_folder/<config name>" under `data_dir` (a local or a
+    bucket path), or given as a full path. `image_size`: the model's, checked against the
+    stored frames.
+    """
+    import jax
+
+    dataset = str(data_config.get("dataset", "") or "")
+    if not dataset:
+        fields = data_config.synthtalk.to_dict()
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            if jax.process_index() == 0:
+                make_builder(data_dir, **fields).download_and_prepare()
+            multihost_utils.sync_global_devices("vasa_jax: SynthTalk prepared")
+        return prepare_synthtalk(data_dir, **fields)
+
+    from vasa_jax.data import preprocess
+
+    path = dataset if ("://" in dataset or dataset.startswith("/")) else \
+        f"{str(data_dir).rstrip('/')}/{dataset}"
+    sources = preprocess.open_prepared(path)
+    check("train" in sources and len(sources["train"]) > 0,
+          f"the data set at {path} has no train clips: check the preprocessing summary.json")
+    if image_size is not None:
+        size = decode_frames(sources["train"][0]["frames"], [0]).shape[1]
+        check(size == int(image_size),
+              f"the data set at {path} holds {size}² frames but the model's image_size is "
+              f"{image_size}: preprocess with --config.resolution={image_size} or train a "
+              f"model of that size")
+    return sources

@@ -222,7 +222,7 @@ class Stage1Example(grain.transforms.RandomMap):
 
 
 def stage1_dataset(source, batch_size: int, seed: int, *, num_epochs: int | None = None,
-                   pairs_per_clip: int = 1, factors: Sequence[str] = STAGE1_FACTORS,
+                   pairs_per_clip: int = 1, factors: Sequence[str] | None = None,
                    identities: Sequence[int] | None = None, shuffle: bool = True,
                    shard_index: int | None = None, shard_count: int | None = None,
                    mp_prefetch: int = 0, read_threads: int = 4,
@@ -230,10 +230,14 @@ def stage1_dataset(source, batch_size: int, seed: int, *, num_epochs: int | None
     """Batches of stage-1 frame pairs (see module doc) from SynthTalk-style clip records.
 
     An epoch visits every record `pairs_per_clip` times. num_epochs=None repeats forever.
+    factors=None: the STAGE1_FACTORS the records carry (all of them for SynthTalk, none for
+    real video from `vasa_jax.data.preprocess`).
     mp_prefetch > 0 runs that many worker processes (scripts need `if __name__ == "__main__"`).
     """
     check(len(source) >= 2, f"stage 1 needs at least 2 clips, the source has {len(source)}")
     pairs_per_clip = _check_int(pairs_per_clip, "pairs_per_clip", 1)
+    if factors is None:
+        factors = [f for f in STAGE1_FACTORS if f in source[0]]
     transform = Stage1Example(source, factors=factors, identities=identities)
     return _epoch_pipeline(len(source) * pairs_per_clip, transform, batch_size=batch_size,
                            seed=seed, num_epochs=num_epochs, shuffle=shuffle,
