@@ -12,6 +12,17 @@ from vasa_jax.data import media, synthtalk
 
 PAD = 16  # columns of edge padding left and right: 64² → 96 wide, 64 high
 
+# The smallest stage-1 model (configs/face_latent.py:tiny + these fields) that still builds at
+# 64², trained on reconstruction alone: cheap to compile for the tests that train or extract.
+TINIEST_STAGE1 = {
+    "model.base_channels": 8, "model.max_channels": 16, "model.volume_size": 8,
+    "model.volume_channels": 4, "model.encoder_channels": 8, "model.encoder_max_channels": 16,
+    "model.id_dim": 8, "model.dyn_dim": 8, "model.warp_channels": 8,
+    "model.decoder_channels": 16, "disc.num_scales": 1, "disc.base_channels": 8,
+    "disc.max_channels": 8, "disc.num_layers": 1, "loss.gan": 0.0,
+    "loss.feature_matching": 0.0, "loss.consist": 0.0,
+}
+
 
 def render(path: str, identity: int, seed: int, frames: int = 25, audio: bool = True) -> dict:
     """Writes one clip; returns its SynthTalk truth {"frames": [T, 64, 64, 3], "audio"}."""

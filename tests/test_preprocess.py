@@ -230,3 +230,41 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, make_args, needle):
     lines = err.getvalue().strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], err.getvalue()
     assert not out.exists()
+
+
+def test_stage2_latents_from_real_clips_need_and_use_an_estimator(prepared, tmp_path, devices):
+    import jax
+
+    from vasa_jax import sharding
+    from vasa_jax.checkpoint import Checkpointer
+    from vasa_jax.config_util import set_fields
+    from vasa_jax.data import latents
+    from vasa_jax.errors import ConfigError
+    from vasa_jax.train import extract_latents, face_latent, loop
+
+    out, summary = prepared
+    face_dir = str(tmp_path / "face")
+    cfg = set_fields(load_config(f"{ROOT / 'configs' / 'face_latent.py'}:tiny"),
+                     dict(vf.TINIEST_STAGE1, **{"data.data_dir": out,
+                                                "data.dataset": summary["dataset"]}))
+    loop.save_config(cfg, face_dir)
+    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    _, init, _, shardings = face_latent.build_state_fns(cfg, mesh)
+    state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+    with Checkpointer(os.path.join(face_dir, "checkpoints"), async_save=False) as ckpt:
+        ckpt.save(0, state, force=True)
+    lat = str(tmp_path / "latents")
+    with pytest.raises(ConfigError, match="--conditions=pose_proxy"):
+        extract_latents.extract(face_dir, lat, progress=False)  # no ground truth to read
+    info = extract_latents.extract(face_dir, lat, progress=False, conditions="pose_proxy")
+    assert info["complete"] and info["dataset"] == summary["dataset"]
+    assert {s: v["num_clips"] for s, v in info["splits"].items()} == {"train": 8, "test": 2}
+    src = latents.LatentSource(lat, "train")
+    rec = src[0]
+    assert rec["motion"].shape == (25, 7 + cfg.model.dyn_dim)
+    # gaze/distance come from the encoder's own head pose; mouth/rotation are unknown (NaN).
+    np.testing.assert_allclose(rec["gaze"], rec["motion"][:, :2], rtol=1e-6)
+    np.testing.assert_allclose(rec["distance"], np.exp(-rec["motion"][:, 6]), rtol=1e-5)
+    assert np.all(np.isnan(rec["mouth"])) and np.all(np.isnan(rec["rotation"]))
+    stats = latents.read_stats(lat)  # what the stage-2 trainer normalises with: all finite
+    assert all(np.all(np.isfinite(v)) for v in stats.values())

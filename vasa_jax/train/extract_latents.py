@@ -5,8 +5,13 @@
         --wav2vec2 HF_DIR] [--shard-size 16]
 
 `--face-checkpoint` is a stage-1 workdir (its config.json and latest checkpoint; EMA weights).
-`--dataset` defaults to the SynthTalk data the stage-1 run trained on. Conditions come from the
-SynthTalk ground truth (gaze, distance, emotion); real data would plug estimators in here.
+`--dataset` defaults to the data the stage-1 run trained on: SynthTalk, or a real-video set from
+`vasa-jax preprocess` (`config.data.dataset`). Conditions (`--conditions`): `truth` reads
+SynthTalk's ground-truth gaze and distance; real clips have none, so they need `pose_proxy`
+(the stage-1 encoder's own head pose: gaze ≈ head (yaw, pitch) in degrees, distance ≈
+exp(−log-scale), a crude stand-in for VASA-1's gaze estimator and face-size distance) or your
+estimator as `module:callable`, called as fn(frames uint8 [T, R, R, 3], motion [T, 7 + dyn])
+→ {"gaze": [T, 2], "distance": [T]}. Without ground truth, mouth and rotation are NaN.
 Resumable: shards are written atomically and finished shards are skipped on a rerun.
 Layout and record fields: `vasa_jax.data.latents`.
 """
@@ -69,9 +74,24 @@ def _stats(directory: str, shards: list[str]) -> dict:
     return out
 
 
+def _conditions_fn(spec: str):
+    """--conditions → None (ground truth) or fn(frames, motion) -> {"gaze", "distance"}."""
+    if spec == "truth":
+        return None
+    if spec == "pose_proxy":
+        def pose_proxy(frames, motion):
+            del frames
+            return {"gaze": motion[:, :2], "distance": np.exp(-motion[:, 6])}
+        return pose_proxy
+    from vasa_jax.data.face_crop import load_callable
+
+    return load_callable(spec, "conditions")
+
+
 def extract(face_workdir: str, out_dir: str, *, synthtalk: dict | None = None,
             data_dir: str | None = None, audio: str = "logmel", wav2vec2_path: str | None = None,
-            shard_size: int = 16, batch: int = 64, progress: bool = True) -> dict:
+            shard_size: int = 16, batch: int = 64, progress: bool = True,
+            conditions: str = "truth") -> dict:
     """Writes the latent data set to `out_dir`; returns its info.json contents."""
     from tqdm import tqdm
 
@@ -84,11 +104,20 @@ def extract(face_workdir: str, out_dir: str, *, synthtalk: dict | None = None,
     gen, face_config, face_step = restore_generator(face_workdir)
     st = dict(synthtalk or face_config.data.synthtalk.to_dict())
     data_dir = data_dir or face_config.data.data_dir or os.path.join(face_workdir, "data")
-    if int(st["resolution"]) != int(face_config.model.image_size):
-        raise ConfigError(f"the data set's resolution {st['resolution']} differs from the face "
-                          f"model's image_size {face_config.model.image_size}: pick a matching "
-                          "--dataset")
-    sources = builders.prepare_synthtalk(data_dir, **st)
+    real = "" if synthtalk else str(face_config.data.get("dataset", "") or "")
+    cond_fn = _conditions_fn(conditions)
+    if real:  # a `vasa-jax preprocess` data set: no ground truth
+        if cond_fn is None:
+            raise ConfigError(f"{real} is real video without ground-truth gaze/distance: pass "
+                              "--conditions=pose_proxy or --conditions=module:callable")
+        sources = builders.open_sources(face_config.data, data_dir,
+                                        image_size=face_config.model.image_size)
+    else:
+        if int(st["resolution"]) != int(face_config.model.image_size):
+            raise ConfigError(f"the data set's resolution {st['resolution']} differs from the "
+                              f"face model's image_size {face_config.model.image_size}: pick a "
+                              "matching --dataset")
+        sources = builders.prepare_synthtalk(data_dir, **st)
     features = make_audio_features(audio, wav2vec2_path=wav2vec2_path)
     audio_fn = jax.jit(features.apply)
     encode_motion = motion_fn(gen)
@@ -99,6 +128,10 @@ def extract(face_workdir: str, out_dir: str, *, synthtalk: dict | None = None,
                   synthtalk=st, audio=dict(kind=audio, wav2vec2_path=wav2vec2_path,
                                            feature_dim=int(features.feature_dim)),
                   motion_dim=motion_dim, fps=25)
+    if real:  # (only then: SynthTalk latent folders written before keep matching)
+        header.update(synthtalk=None, dataset=real, conditions=conditions)
+    elif conditions != "truth":
+        header.update(conditions=conditions)
     info_path = os.path.join(out_dir, latents.INFO_JSON)
     if os.path.isfile(info_path):
         with open(info_path, encoding="utf-8") as f:
@@ -137,8 +170,17 @@ def extract(face_workdir: str, out_dir: str, *, synthtalk: dict | None = None,
                 out = dict(motion=motion.astype(np.float32), audio_feat=feat.astype(np.float32),
                            identity=np.int64(rec["identity"]), emotion=np.int64(rec["emotion"]),
                            clip_seed=np.int64(rec["clip_seed"]))
+                estimated = {} if cond_fn is None else cond_fn(frames, motion)
+                if cond_fn is not None and not {"gaze", "distance"} <= set(estimated):
+                    raise ConfigError(f"--conditions={conditions} returned "
+                                      f"{sorted(estimated)}: it must give gaze and distance")
                 for k in GROUND_TRUTH:
-                    out[k] = np.asarray(rec[k], np.float32)
+                    if k in estimated:
+                        out[k] = np.asarray(estimated[k], np.float32)
+                    elif k in rec:
+                        out[k] = np.asarray(rec[k], np.float32)
+                    else:  # unknown (real video): NaN, as the latent layout documents
+                        out[k] = np.full((t, 3), np.nan, np.float32)
                 records.append(out)
                 bar.update(1)
             latents.write_shard(path, records)
@@ -162,7 +204,8 @@ def main(argv):
     F = flags.FLAGS
     synthtalk = load_config(F.dataset).to_dict() if F.dataset else None
     info = extract(F.face_checkpoint, F.out, synthtalk=synthtalk, data_dir=F.data_dir or None,
-                   audio=F.audio, wav2vec2_path=F.wav2vec2 or None, shard_size=F.shard_size)
+                   audio=F.audio, wav2vec2_path=F.wav2vec2 or None, shard_size=F.shard_size,
+                   conditions=F.conditions)
     print(f"wrote {sum(s['num_clips'] for s in info['splits'].values())} clips to {F.out}")
 
 
@@ -192,5 +235,7 @@ if __name__ == "__main__":
     flags.DEFINE_enum("audio", "logmel", ["logmel", "wav2vec2"], "audio front end")
     flags.DEFINE_string("wav2vec2", "", "local Hugging Face Wav2Vec2 checkpoint directory")
     flags.DEFINE_integer("shard_size", 16, "clips per array_record shard")
+    flags.DEFINE_string("conditions", "truth", "gaze/distance source: truth (SynthTalk), "
+                        "pose_proxy (the stage-1 head pose; real video) or module:callable")
     flags.mark_flags_as_required(["face_checkpoint", "out"])
     app.run(main)
