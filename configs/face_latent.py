@@ -83,7 +83,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, num_devices=0))  # 0: all
     config.disc = ml_collections.ConfigDict(DISC[name])
     config.data = ml_collections.ConfigDict(dict(
-        data_dir="",  # empty: WORKDIR/data
+        data_dir="",  # empty: WORKDIR/data (a local or a bucket path)
+        # empty: SynthTalk (below); else a `vasa-jax preprocess` output under data_dir, e.g.
+        # "voxceleb2/r64_jpeg_1a2b3c4d" (the command prints it), or its full path.
+        dataset="",
         synthtalk=ml_collections.ConfigDict(dict(DATA[name], seed=0))))
     config.grad_clip = 1.0
     config.weight_decay = 0.0

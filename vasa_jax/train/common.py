@@ -25,15 +25,31 @@ def _scalar(v: Any) -> float | int:
     return float(np.asarray(v))
 
 
+def is_remote(path: str | os.PathLike) -> bool:
+    """A bucket path (gs://, s3://, ...) rather than a local one."""
+    return "://" in os.fspath(path)
+
+
 class MetricsWriter:
-    """Appends `{"step": ..., name: value, ...}` lines to metrics.jsonl and TensorBoard events."""
+    """Appends `{"step": ..., name: value, ...}` lines to metrics.jsonl and TensorBoard events.
+
+    A bucket workdir (gs://...) gets metrics.jsonl rewritten whole at each write (object stores
+    cannot append; the file stays small) and no TensorBoard events.
+    """
 
     def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True,
                  enabled: bool = True):
         self.path = os.path.join(os.fspath(workdir), "metrics.jsonl")
         self.enabled = enabled  # only process 0 writes in multi-host runs
         self._tb = None
-        if enabled:
+        self._remote_text = None
+        if enabled and is_remote(workdir):
+            from etils import epath
+
+            epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+            path = epath.Path(self.path)
+            self._remote_text = path.read_text() if path.exists() else ""
+        elif enabled:
             os.makedirs(os.fspath(workdir), exist_ok=True)
             if tensorboard:
                 from tensorboardX import SummaryWriter
@@ -44,6 +60,12 @@ class MetricsWriter:
         record = {"step": int(step)}
         record.update({k: _scalar(v) for k, v in metrics.items()})
         if not self.enabled:
+            return record
+        if self._remote_text is not None:
+            from etils import epath
+
+            self._remote_text += json.dumps(record) + "\n"
+            epath.Path(self.path).write_text(self._remote_text)
             return record
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -60,9 +82,10 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
-    path = os.path.join(os.fspath(workdir), "metrics.jsonl")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    from etils import epath
+
+    text = epath.Path(os.path.join(os.fspath(workdir), "metrics.jsonl")).read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def check_finite(step: int, metrics: Mapping[str, Any], last_good_step: int | None) -> None:

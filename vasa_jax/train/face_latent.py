@@ -149,10 +149,21 @@ def save_sample_grid(path: str, grid: np.ndarray) -> None:
     """grid: [B, 4, H, W, 3] in [-1, 1] → PNG rows of source | driver | recon | cross-id."""
     from vasa_jax.data import media
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     b, k, h, w, _ = grid.shape
     img = np.clip((grid + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-    media.write_png(path, img.transpose(0, 2, 1, 3, 4).reshape(b * h, k * w, 3))
+    img = img.transpose(0, 2, 1, 3, 4).reshape(b * h, k * w, 3)
+    if "://" in path:  # a bucket workdir: write locally, then copy up
+        import tempfile
+
+        from etils import epath
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = media.write_png(os.path.join(tmp, "grid.png"), img)
+            epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+            epath.Path(path).write_bytes(local.read_bytes())
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    media.write_png(path, img)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,7 +201,7 @@ def train(config, workdir: str) -> dict:
 
     # Data.
     data_dir = config.data.data_dir or os.path.join(workdir, "data")
-    sources = builders.prepare_synthtalk(data_dir, **config.data.synthtalk.to_dict())
+    sources = builders.open_sources(config.data, data_dir, image_size=config.model.image_size)
     data_iter = iter(pipelines.stage1_dataset(sources["train"], batch_size=local_batch,
                                               seed=config.seed))
 
@@ -213,7 +224,8 @@ def train(config, workdir: str) -> dict:
     train_step, sample_step = make_steps(config, graphdefs, perceptual_fn, id_fn)
     train_step = jax.jit(train_step, in_shardings=(shardings, batch_sharding),
                          out_shardings=(shardings, None), donate_argnums=0)
-    sample_step = jax.jit(sample_step, in_shardings=(shardings, batch_sharding))
+    sample_step = jax.jit(sample_step, in_shardings=(shardings, batch_sharding),
+                          out_shardings=sharding.replicated(mesh))  # every process can read it
 
     keys = ["source", "driver", "other"]
     if config.loss.get("head_pose", 0.0) > 0:
@@ -238,7 +250,10 @@ def main(argv):
     del argv
     from absl import flags
 
+    from vasa_jax import distributed
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    distributed.initialize_from_flags()  # multi-process runs: before any device is touched
     train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
@@ -249,4 +264,7 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "configs/face_latent.py:ARG", lock_config=True)
     flags.DEFINE_string("workdir", None, "where checkpoints, metrics.jsonl and samples go")
     flags.mark_flags_as_required(["config", "workdir"])
+    from vasa_jax import distributed
+
+    distributed.define_flags()
     app.run(main)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from vasa_jax import sharding
+from vasa_jax import distributed, sharding
 from vasa_jax.checkpoint import Checkpointer
 from vasa_jax.errors import check
 from vasa_jax.train.common import MetricsWriter, StepTimer, check_finite
@@ -34,11 +34,12 @@ CONFIG_JSON = "config.json"
 
 
 def save_config(config, workdir: str) -> None:
-    """Writes the run's config to `workdir/config.json` (process 0 only)."""
-    os.makedirs(workdir, exist_ok=True)
+    """Writes the run's config to `workdir/config.json` (process 0 only; local or bucket)."""
+    from etils import epath
+
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, CONFIG_JSON), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=1))
+        (epath.Path(workdir) / CONFIG_JSON).write_text(config.to_json_best_effort(indent=1))
 
 
 def load_config(workdir: str, what: str = "a training"):
@@ -49,12 +50,13 @@ def load_config(workdir: str, what: str = "a training"):
 
     from vasa_jax.errors import ConfigError
 
-    path = os.path.join(workdir, CONFIG_JSON)
-    if not os.path.isfile(path):
+    from etils import epath
+
+    path = epath.Path(workdir) / CONFIG_JSON
+    if not path.is_file():
         raise ConfigError(f"{workdir!r} is not {what} workdir ({CONFIG_JSON} missing): pass the "
                           "--workdir the trainer wrote")
-    with open(path, encoding="utf-8") as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def make_optimizer(config, b1: float = 0.9):
@@ -154,6 +156,9 @@ def run(config, workdir: str, *, state: Any, train_step: Callable, data_iter,
     try:
         while step < config.steps and not out_of_time:
             batch = to_device(next(data_iter))
+            if start is None:  # multi-process: every process compiles before any steps
+                train_step = distributed.compile_then_meet(train_step, (state, batch),
+                                                           "train_step")
             state, metrics = train_step(state, batch)
             step += 1
             if start is None:

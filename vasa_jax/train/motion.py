@@ -149,10 +149,10 @@ def train(config, workdir: str) -> dict:
           f"--config.model.audio_dim={info['audio']['feature_dim']}")
     loop.save_config(config, workdir)
     if jax.process_index() == 0:  # the normalisation travels with the model
-        import shutil
+        from etils import epath
 
-        shutil.copyfile(os.path.join(config.latents_dir, latents.STATS_JSON),
-                        os.path.join(workdir, latents.STATS_JSON))
+        epath.Path(config.latents_dir, latents.STATS_JSON).copy(
+            epath.Path(workdir, latents.STATS_JSON), overwrite=True)
 
     # Mesh.
     mesh, batch_sharding, local_batch = loop.setup_mesh(config)
@@ -186,7 +186,10 @@ def main(argv):
     del argv
     from absl import flags
 
+    from vasa_jax import distributed
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    distributed.initialize_from_flags()  # multi-process runs: before any device is touched
     train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
@@ -197,4 +200,7 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "configs/motion.py:ARG", lock_config=True)
     flags.DEFINE_string("workdir", None, "where checkpoints and metrics.jsonl go")
     flags.mark_flags_as_required(["config", "workdir"])
+    from vasa_jax import distributed
+
+    distributed.define_flags()
     app.run(main)
