@@ -2,7 +2,8 @@
 
     vasa-jax synthtalk-build --config configs/synthtalk.py:tiny --data-dir ~/vasa_data
 
-Arguments: `tiny` (tests and CPU demos), `cpu` (the 30-minute CPU stage-1 run), `small` (CPU training runs), `default` (a GPU-sized
+Arguments: `tiny` (tests and CPU demos), `cpu` (session 2's 30-minute CPU stage-1 run), `motion_cpu`
+(the CPU stage-2 run and its sanity eval, docs/motion.md), `small` (CPU training runs), `default` (a GPU-sized
 stage-1/2 corpus: 2,000 train identities × 4 clips × 4 s at 256²), or `full` (512² frames).
 """
 
@@ -14,6 +15,10 @@ SIZES = {
     # The 30-minute CPU stage-1 run (configs/face_latent.py:tiny_run, configs/identity.py).
     "cpu": dict(resolution=64, num_frames=50, num_train_identities=48, num_test_identities=8,
                 clips_per_identity=2),
+    # Stage 2 on CPU: 4-s clips of the first 96 of stage 1's 384 train identities (train
+    # identity k is the same for any count, vasa_jax/data/builders.py) and its 8 held-out ones.
+    "motion_cpu": dict(resolution=64, num_frames=100, num_train_identities=96,
+                       num_test_identities=8, clips_per_identity=2),
     "small": dict(resolution=128, num_frames=100, num_train_identities=64,
                   num_test_identities=8, clips_per_identity=4),
     "default": dict(resolution=256, num_frames=100, num_train_identities=2000,
