@@ -168,3 +168,55 @@ def test_two_processes_match_one_and_resume_after_a_kill(real_data, tmp_path, de
     if last_ckpt + 1 in first:  # the killed run had logged it too
         assert again[0]["loss"] == pytest.approx(first[last_ckpt + 1], rel=1e-6)
     assert len({round(both[s], 6) for s in range(1, last_ckpt + 3)}) > 1  # it trains
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, "explicit"),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0",
+      "SLURM_STEP_NODELIST": "node[1-2]"}, "slurm"),
+    ({"OMPI_COMM_WORLD_SIZE": "4"}, "ompi"),
+    ({"KUBERNETES_SERVICE_HOST": "10.0.0.2", "JOB_COMPLETION_INDEX": "0"}, "k8s"),
+    ({"TPU_WORKER_HOSTNAMES": "t0,t1"}, "tpu"),
+    ({"SLURM_JOB_ID": "7"}, "none"),  # an allocation, but not inside srun
+])
+def test_cluster_detection(monkeypatch, env, expected):
+    from vasa_jax import distributed
+
+    for key in list(os.environ):
+        if key.startswith(("SLURM_", "OMPI_", "TPU_", "JAX_COORDINATOR", "KUBERNETES_")):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if expected == "none" and Path("/dev/accel0").exists():
+        pytest.skip("this machine has TPU devices")
+    assert distributed.detect() == expected
+
+
+def test_bad_distributed_settings_are_one_line_errors(monkeypatch):
+    from vasa_jax import distributed
+    from vasa_jax.errors import ConfigError
+
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+    with pytest.raises(ConfigError, match="--coordinator_address"):
+        distributed.initialize("off", num_processes=2)
+    with pytest.raises(ConfigError, match="needs --num_processes and --process_id"):
+        distributed.initialize("explicit", coordinator_address="127.0.0.1:1")
+    with pytest.raises(ConfigError, match=r"process_id=2 must lie in \[0, num_processes=2\)"):
+        distributed.initialize("explicit", coordinator_address="127.0.0.1:1", num_processes=2,
+                               process_id=2)
+    with pytest.raises(ConfigError, match="distributed mode 'mpi' is invalid"):
+        distributed.initialize("mpi")
+    # Off: nothing is started, this pytest process stays as it is.
+    info = distributed.initialize("off")
+    assert info["process_count"] == 1 and info["devices"] == 8
+
+
+def test_launcher_environment():
+    env = _launcher().process_env(1, 2, 4242, cpu_devices=4, base={"XLA_FLAGS": "--xla_foo=1 "
+                                  "--xla_force_host_platform_device_count=8"})
+    assert env["JAX_COORDINATOR_ADDRESS"] == "127.0.0.1:4242"
+    assert (env["JAX_NUM_PROCESSES"], env["JAX_PROCESS_ID"]) == ("2", "1")
+    assert env["XLA_FLAGS"] == "--xla_foo=1 --xla_force_host_platform_device_count=4"
+    assert env["JAX_PLATFORMS"] == "cpu"
+    gpu = _launcher().process_env(1, 2, 4242, gpus_per_process=2, base={})
+    assert gpu["CUDA_VISIBLE_DEVICES"] == "2,3" and "JAX_PLATFORMS" not in gpu

@@ -671,7 +671,7 @@ def _run_shard(task: dict) -> dict:
     from array_record.python.array_record_module import ArrayRecordWriter
     from etils import epath
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     settings = Settings(**task["settings"])
     key = json.dumps(task["settings"], sort_keys=True)
     if _WORKER.get("key") != key:
@@ -711,7 +711,8 @@ def _run_shard(task: dict) -> dict:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     sidecar = dict(filename=task["filename"], split=task["split"], index=task["index"],
                    files=len(task["items"]), records=written, frames=frames, num_bytes=nbytes,
-                   skipped=skipped, seconds=time.perf_counter() - start)
+                   skipped=skipped, seconds=time.perf_counter() - start,
+                   cpu_seconds=time.process_time() - cpu_start)
     _write_json(out_dir / (task["filename"] + ".done.json"), sidecar)
     return sidecar
 
@@ -837,6 +838,8 @@ def preprocess(config, input_root: str, data_dir: str, *, num_workers: int = 0,
         skipped=len(skipped), skipped_by_reason=reasons, skipped_files=skipped,
         shards=len(done), shards_resumed=len(done) - len(tasks), workers=workers,
         seconds=elapsed, files_per_s=new_files / elapsed if elapsed > 0 and new_files else 0.0,
+        # CPU seconds the workers spent on this run's shards (a load-independent cost figure).
+        worker_cpu_seconds=sum(d.get("cpu_seconds", 0.0) for d in new),
         clips_per_s=(sum(d["records"] for d in new) / elapsed if elapsed > 0 and new else 0.0))
     _write_json(out_dir / SUMMARY_JSON, summary)
     return summary
