@@ -4,7 +4,8 @@ Subcommands: `preview` (a SynthTalk clip as mp4 + contact sheet), `synthtalk-bui
 data set as tfds/array_record), `preprocess` (VoxCeleb2 or a folder of videos → the same record
 layout, parallel and resumable), `generate` (portrait + speech → talking-face mp4 with a model
 bundle), `export` (two training workdirs → a model bundle), `demo` (data, both training
-stages, generation and metrics on CPU, from nothing) and `verify` (does a video carry the
+stages, generation and metrics on CPU, from nothing), `evaluate` (VASA-1's evaluation table
+for a bundle on held-out SynthTalk) and `verify` (does a video carry the
 vasa_jax provenance labels: exit 0 watermark detected, 1 not detected, 2 bad input).
 
 Every video written here is labelled (`vasa_jax.provenance`): container metadata and an
@@ -195,6 +196,27 @@ def _verify(args) -> int:
     return 0 if report.detected else 1
 
 
+def _evaluate(args) -> int:
+    import logging
+    import os
+
+    from vasa_jax.config_util import load_config
+    from vasa_jax.eval import runner
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in ("absl", "orbax", "jax", "tensorflow_datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    spec = args.config or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__))), "configs", "eval.py") + ":tiny"
+    config = load_config(spec, args.overrides)
+    result = runner.evaluate(args.checkpoint, args.split, args.out, steps=args.steps,
+                             cfg_audio=args.cfg_audio, config=config,
+                             evaluators_dir=args.evaluators, log_fn=logging.getLogger(
+                                 "vasa_jax.eval").info)
+    print(runner.summary(result))
+    return 0
+
+
 def _export(args) -> int:
     from vasa_jax.train.export import export_bundle
 
@@ -290,6 +312,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage-2 training budget in minutes")
     d.add_argument("--no-watermark", action="store_true", help=_NO_WATERMARK)
     d.set_defaults(func=_demo)
+    ev = sub.add_parser("evaluate", help="VASA-1's metrics (Sc/Sd, CAPP, ΔP, FVD25) and "
+                        "SynthTalk control accuracy for a bundle, on held-out clips")
+    ev.add_argument("--checkpoint", required=True, help="model bundle folder (vasa-jax export)")
+    ev.add_argument("--split", default="test", choices=("test", "train"),
+                    help="identities to evaluate on (default: the held-out test identities)")
+    ev.add_argument("--steps", type=int, default=None,
+                    help="diffusion steps of the 'ours' row (default: the bundle's)")
+    ev.add_argument("--cfg-audio", type=float, default=None,
+                    help="audio guidance scale λ_A of the 'ours' row (default: the bundle's)")
+    ev.add_argument("--config", default=None,
+                    help="eval config, e.g. configs/eval.py:tiny (the default); "
+                    "--config.runner.clips=4 etc. override fields")
+    ev.add_argument("--evaluators", default=None, help="folder of the trained SyncNet, oracle "
+                    "and CAPP (missing ones are trained there; default OUT/evaluators)")
+    ev.add_argument("--out", default=None, help="output folder (default CHECKPOINT/eval)")
+    ev.set_defaults(func=_evaluate)
     e = sub.add_parser("export", help="stage-1 + stage-2 workdirs → an inference bundle")
     e.add_argument("--face-workdir", required=True)
     e.add_argument("--motion-workdir", required=True)

@@ -1,0 +1,106 @@
+"""The evaluation suite end to end on the tiny fixtures: the three evaluation networks trained for
+a few steps on SynthTalk (saved and reloaded), `vasa-jax evaluate` on the fixture bundle, and the
+pieces with known answers (oracle target coding, the CLIP loss, CAPP's perturbations)."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vasa_jax.eval import capp, oracle, runner
+
+_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "eval.py"
+
+
+@pytest.fixture(scope="session")
+def eval_config():
+    from vasa_jax.config_util import load_config
+
+    return load_config(f"{_CONFIG}:test")
+
+
+@pytest.fixture(scope="session")
+def evaluators_dir(eval_config, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("evaluators"))
+    runner.ensure_evaluators(out, eval_config)
+    return out
+
+
+def test_evaluators_train_save_and_reload(evaluators_dir):
+    from vasa_jax.eval import evaluators
+
+    metas = {k: evaluators.read_meta(os.path.join(evaluators_dir, n), k)
+             for n, k in (("syncnet", "syncnet"), ("oracle", "synthtalk_oracle"),
+                          ("capp", "capp"))}
+    held = metas["synthtalk_oracle"]["metrics"]["held_out"]
+    assert set(oracle.TARGETS) <= set(held) and 0 <= held["emotion"]["clip_accuracy"] <= 1
+    assert held["identities"] == 2
+    by_shift = metas["capp"]["metrics"]["held_out"]["score_by_shift"]
+    assert set(by_shift) == {str(d) for d in range(-4, 5)}
+    assert 0 <= metas["syncnet"]["metrics"]["held_out"]["offset_accuracy"] <= 1
+    o = oracle.Oracle.load(os.path.join(evaluators_dir, "oracle"))
+    frames = np.zeros((3, 64, 64, 3), np.uint8)
+    r = o(frames)
+    assert r["rotation"].shape == (3, 3) and r["identity"].shape == (3, 16)
+    np.testing.assert_allclose(np.linalg.norm(r["identity"], axis=1), 1.0, rtol=1e-5)
+
+
+def test_oracle_target_coding_round_trips():
+    rng = np.random.default_rng(0)
+    clip = {name: rng.normal(size=(4, w) if w > 1 else (4,)) for name, (w, _, _) in
+            oracle.TARGETS.items()}
+    back = oracle._decode(oracle._targets(clip))
+    for name in oracle.TARGETS:
+        np.testing.assert_allclose(back[name], clip[name], rtol=1e-5, atol=1e-5)
+
+
+def test_clip_loss_and_capp_perturbations():
+    import jax.numpy as jnp
+
+    e = jnp.eye(4)
+    low = float(capp.clip_loss(e, e, jnp.log(100.0)))
+    high = float(capp.clip_loss(e, e[::-1], jnp.log(100.0)))
+    assert low < 1e-3 < np.log(4) < high
+    pose = np.arange(20, dtype=np.float32)[:, None] * np.ones((1, 5), np.float32)
+    np.testing.assert_array_equal(capp.shift_pose(pose, 2)[2:], pose[:-2])
+    np.testing.assert_allclose(capp.scale_variation(pose, 0.0), np.full_like(pose, 9.5))
+    np.testing.assert_allclose(capp.scale_variation(pose, 1.0), pose)
+
+
+def test_evaluate_end_to_end(bundle_dir, evaluators_dir, eval_config, tmp_path):
+    out = str(tmp_path / "eval")
+    r = runner.evaluate(bundle_dir, "test", out, steps=2, cfg_audio=0.5, config=eval_config,
+                        evaluators_dir=evaluators_dir)
+    with open(os.path.join(out, "eval.json"), encoding="utf-8") as f:
+        saved = json.load(f)
+    rows = saved["rows"]
+    assert {"real", "ours", "still", "copied", "cfg_audio=0", "cfg_audio=1", "steps=3"} <= set(rows)
+    assert rows["steps=2"] == rows["ours"]             # the ablation shares the main row
+    for name, row in rows.items():
+        for key, _, _ in runner.COLUMNS:
+            if key != "fvd25":
+                assert np.isfinite(row[key]), (name, key)
+        assert row["videos"] == (2 if name in ("real", "still", "copied") else 2 * 1)
+    # Known answers: a repeated frame has no head motion and is its own identity.
+    assert rows["still"]["delta_p"] == 0.0
+    assert rows["still"]["identity_similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert rows["real"]["delta_p"] > 0.0
+    table = Path(out, "table.md").read_text(encoding="utf-8")
+    assert "| Real video |" in table and "Sc ↑" in table and "λ_A = 2" not in table
+    assert "λ_A = 1" in table and "| 3 steps |" in table
+    assert r["steps"] == 2 and r["cfg_audio"] == 0.5
+
+
+def test_evaluate_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, bundle_dir):
+    from vasa_jax import cli
+
+    out = tmp_path / "never"
+    rc = cli.main(["evaluate", "--checkpoint", str(tmp_path / "nope"), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "not a vasa_jax model bundle" in err
+    rc = cli.main(["evaluate", "--checkpoint", bundle_dir, "--steps", "0", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--steps 0" in err and len(err.splitlines()) == 1
+    assert not out.exists()

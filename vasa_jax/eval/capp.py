@@ -1,0 +1,250 @@
+"""CAPP (VASA-1's Contrastive Audio and Pose Pretraining): how well a head-pose sequence goes
+with its speech.
+
+    capp = CAPP.load("EVAL/capp")                 # or train_capp(config, "EVAL/capp")
+    capp.score(audio, pose)                       # 16 kHz [N], pose [T, 5] → mean cosine
+
+As published: an audio encoder and a 6-layer transformer over the pose sequence, each pooled to
+one unit vector per 3-second window (75 frames at 25 fps), trained with the CLIP loss
+(symmetric cross-entropy over the batch's audio × pose cosines, learned temperature). The
+score of a clip is the mean cosine between its audio and pose embeddings over its 3-s windows
+(hop `hop` frames). Pose here is yaw, pitch, roll (degrees) and the projected head position (x,
+y), what the SynthTalk oracle reads from frames; audio is our log-mel front end (80 bands per
+video frame) followed by a 2-layer transformer (VASA-1 used a pretrained Wav2Vec2, which
+cannot be downloaded here).
+
+Training data is SynthTalk speech + head motion of the evaluators' own identities (no frames
+need rendering: `evaluators.render_clips(..., render=False)`); `validate` reproduces the paper's
+check: the score falls as the audio is shifted against the pose by ±1…±4 frames, and as the pose
+variation is scaled away from ×1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vasa_jax.errors import ConfigError
+from vasa_jax.models.identity_net import l2_normalize
+from vasa_jax.models.motion_dit import EncoderBlock
+
+log = logging.getLogger(__name__)
+
+WINDOW = 75             # 3 s at 25 fps
+POSE_DIM = 5            # yaw, pitch, roll (deg), translation x, y
+POSE_SCALE = np.asarray([15.0, 15.0, 15.0, 0.2, 0.2], np.float32)
+MEL_MEAN, MEL_STD = -6.0, 4.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CAPPConfig:
+    width: int = 64
+    heads: int = 4
+    pose_layers: int = 6
+    audio_layers: int = 2
+    embed_dim: int = 64
+    window: int = WINDOW
+    n_mels: int = 80
+
+
+class _SeqEncoder(nnx.Module):
+    def __init__(self, in_dim: int, width: int, heads: int, layers: int, window: int,
+                 embed_dim: int, *, rngs: nnx.Rngs):
+        self.inp = nnx.Linear(in_dim, width, rngs=rngs)
+        self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (window, width)))
+        self.blocks = nnx.List([EncoderBlock(width, heads, 4.0, rngs=rngs)
+                                for _ in range(layers)])
+        self.norm = nnx.LayerNorm(width, rngs=rngs)
+        self.out = nnx.Linear(width, embed_dim, rngs=rngs)
+
+    def __call__(self, x):
+        h = self.inp(x) + self.pos[...][None, :x.shape[1]]
+        for b in self.blocks:
+            h = b(h)
+        return l2_normalize(self.out(jnp.mean(self.norm(h), axis=1)))
+
+
+class CAPPNet(nnx.Module):
+    def __init__(self, config: CAPPConfig, *, rngs: nnx.Rngs):
+        self.config = c = config
+        self.audio_enc = _SeqEncoder(c.n_mels, c.width, c.heads, c.audio_layers, c.window,
+                                     c.embed_dim, rngs=rngs)
+        self.pose_enc = _SeqEncoder(POSE_DIM, c.width, c.heads, c.pose_layers, c.window,
+                                    c.embed_dim, rngs=rngs)
+        self.log_scale = nnx.Param(jnp.asarray(np.log(1 / 0.07), jnp.float32))
+
+    def __call__(self, mel: jax.Array, pose: jax.Array):
+        """mel [B, W, 80] (log-mel), pose [B, W, 5] (raw units) → unit embeddings [B, D] each."""
+        a = self.audio_enc((mel - MEL_MEAN) / MEL_STD)
+        p = pose - jnp.mean(pose, axis=1, keepdims=True)  # the window's rest pose is not motion
+        p = self.pose_enc(p / jnp.asarray(POSE_SCALE))
+        return a, p
+
+
+def clip_loss(a: jax.Array, p: jax.Array, log_scale: jax.Array) -> jax.Array:
+    """Symmetric CLIP cross-entropy of the [B, B] scaled cosine matrix (matches on the diagonal)."""
+    logits = jnp.exp(jnp.minimum(log_scale, np.log(100.0))) * a @ p.T
+    labels = jnp.arange(a.shape[0])
+    la = -jnp.mean(jax.nn.log_softmax(logits, 1)[labels, labels])
+    lp = -jnp.mean(jax.nn.log_softmax(logits, 0)[labels, labels])
+    return (la + lp) / 2
+
+
+def mel_features(audio: np.ndarray) -> np.ndarray:
+    """16 kHz samples [N] → log-mel [N // 640, 80]."""
+    from vasa_jax.models.audio import log_mel
+
+    return np.asarray(log_mel(jnp.asarray(np.asarray(audio, np.float32))[None]))[0]
+
+
+def pose_of(clip: Mapping[str, np.ndarray]) -> np.ndarray:
+    """SynthTalk factors (or an oracle reading) → pose [T, 5] (rotation, translation)."""
+    return np.concatenate([np.asarray(clip["rotation"], np.float32).reshape(-1, 3),
+                           np.asarray(clip["translation"], np.float32).reshape(-1, 2)], 1)
+
+
+class CAPP:
+    """A trained CAPPNet with jitted window embedding and the clip score."""
+
+    def __init__(self, net: CAPPNet, meta: dict | None = None):
+        self.net, self.meta = net, meta or {}
+        self.config = net.config
+        graphdef, self.state = nnx.split(net)
+
+        @jax.jit
+        def embed(state, mel, pose):
+            a, p = nnx.merge(graphdef, state)(mel, pose)
+            return jnp.sum(a * p, -1)
+
+        self._cos = embed
+
+    @classmethod
+    def load(cls, directory: str) -> "CAPP":
+        from vasa_jax.eval.evaluators import load_params
+
+        net, meta = load_params(directory, "capp", lambda m: CAPPNet(CAPPConfig(**m["config"]),
+                                                                       rngs=nnx.Rngs(0)))
+        return cls(net, meta)
+
+    def window_starts(self, t: int, hop: int) -> list[int]:
+        w = self.config.window
+        if t < w:
+            raise ConfigError(f"CAPP scores 3-s windows ({w} frames); the clip has {t} frames: "
+                              "give clips of at least 3 s")
+        return list(range(0, t - w + 1, hop))
+
+    def score_features(self, mel: np.ndarray, pose: np.ndarray, hop: int = 25) -> float:
+        """mel [T, 80], pose [T, 5] → mean cosine over the 3-s windows."""
+        t = min(len(mel), len(pose))
+        w = self.config.window
+        starts = self.window_starts(t, hop)
+        m = np.stack([mel[s:s + w] for s in starts])
+        p = np.stack([pose[s:s + w] for s in starts])
+        return float(np.mean(np.asarray(self._cos(self.state, jnp.asarray(m), jnp.asarray(p)))))
+
+    def score(self, audio: np.ndarray, pose: np.ndarray, hop: int = 25) -> float:
+        return self.score_features(mel_features(audio), np.asarray(pose, np.float32), hop)
+
+
+def _batches(mels, poses, rng, batch: int, window: int):
+    ci = rng.integers(0, len(mels), batch)
+    m, p = [], []
+    for c in ci:
+        s = int(rng.integers(0, len(mels[c]) - window + 1))
+        m.append(mels[c][s:s + window])
+        p.append(poses[c][s:s + window])
+    return np.stack(m), np.stack(p)
+
+
+def train_capp(config: Mapping[str, Any], out_dir: str, log_fn=None) -> dict:
+    """Trains CAPP on SynthTalk speech + head motion of the evaluators' train identities and
+    validates it on held-out identities (`validate`); writes out_dir/net.json + parameters.
+
+    config: width, heads, pose_layers, audio_layers, embed_dim, clips, frames, steps, batch,
+    lr, test_clips, seed (configs/eval.py)."""
+    import optax
+
+    from vasa_jax.eval import evaluators
+
+    cfg = dict(config)
+    ccfg = CAPPConfig(width=cfg["width"], heads=cfg["heads"], pose_layers=cfg["pose_layers"],
+                      audio_layers=cfg["audio_layers"], embed_dim=cfg["embed_dim"])
+    clips = evaluators.render_clips("train", cfg["clips"], cfg["frames"], 64, cfg["seed"],
+                                    clips_per_identity=1, render=False)
+    mels = [mel_features(c["audio"]) for c in clips]
+    poses = [pose_of(c) for c in clips]
+    net = CAPPNet(ccfg, rngs=nnx.Rngs(cfg["seed"]))
+    graphdef, params = nnx.split(net)
+    tx = optax.adamw(optax.warmup_cosine_decay_schedule(
+        0.0, cfg["lr"], max(1, min(50, cfg["steps"] // 10)), max(2, cfg["steps"])),
+                     weight_decay=1e-4)
+    opt = tx.init(params)
+
+    def loss_fn(params, m, p):
+        model = nnx.merge(graphdef, params)
+        a, q = model(m, p)
+        return clip_loss(a, q, model.log_scale[...])
+
+    @jax.jit
+    def step(params, opt, m, p):
+        loss, g = jax.value_and_grad(loss_fn)(params, m, p)
+        upd, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, upd), opt, loss
+
+    rng = np.random.default_rng(cfg["seed"])
+    history = []
+    for s in range(1, cfg["steps"] + 1):
+        m, p = _batches(mels, poses, rng, cfg["batch"], ccfg.window)
+        params, opt, loss = step(params, opt, jnp.asarray(m), jnp.asarray(p))
+        if s % 50 == 0 or s == cfg["steps"]:
+            history.append(dict(step=s, loss=float(loss)))
+            if log_fn:
+                log_fn(history[-1])
+    capp = CAPP(nnx.merge(graphdef, params))
+    held = evaluators.render_clips("held_out", cfg["test_clips"], cfg["frames"], 64,
+                                   cfg["seed"] + 1, clips_per_identity=1, render=False)
+    metrics = dict(train=history[-1], held_out=validate(capp, held))
+    from vasa_jax.eval.evaluators import save_params
+
+    save_params(out_dir, capp.net, dict(kind="capp", config=dataclasses.asdict(ccfg),
+                                        train=dict(cfg), metrics=metrics))
+    return metrics
+
+
+def shift_pose(pose: np.ndarray, frames: int) -> np.ndarray:
+    """Pose delayed by `frames` against its audio (edge frames repeated), same length."""
+    if frames == 0:
+        return pose
+    idx = np.clip(np.arange(len(pose)) - frames, 0, len(pose) - 1)
+    return pose[idx]
+
+
+def scale_variation(pose: np.ndarray, factor: float, window: int = WINDOW) -> np.ndarray:
+    """Pose variation about its running 3-s mean scaled by `factor`."""
+    mean = np.mean(pose, axis=0, keepdims=True)
+    return mean + factor * (pose - mean)
+
+
+def validate(capp: CAPP, clips: list[dict], shifts=(-4, -3, -2, -1, 0, 1, 2, 3, 4),
+             scales=(0.0, 0.5, 1.0, 1.5, 2.0)) -> dict:
+    """The paper's check on held-out clips: mean score vs audio–pose shift (frames) and vs pose
+    variation scale, plus retrieval: how often a clip's own pose scores higher than another
+    clip's pose with its audio (2-way accuracy)."""
+    mels = [mel_features(c["audio"]) for c in clips]
+    poses = [pose_of(c) for c in clips]
+    by_shift = {int(d): float(np.mean([capp.score_features(m, shift_pose(p, d))
+                                       for m, p in zip(mels, poses)])) for d in shifts}
+    by_scale = {float(s): float(np.mean([capp.score_features(m, scale_variation(p, s))
+                                         for m, p in zip(mels, poses)])) for s in scales}
+    own = [capp.score_features(m, p) for m, p in zip(mels, poses)]
+    other = [capp.score_features(m, poses[(i + 1) % len(poses)]) for i, m in enumerate(mels)]
+    return dict(score_by_shift=by_shift, score_by_scale=by_scale,
+                matched_vs_other=float(np.mean(np.asarray(own) > np.asarray(other))),
+                mean_matched=float(np.mean(own)), mean_other=float(np.mean(other)),
+                clips=len(clips))
