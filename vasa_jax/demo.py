@@ -75,8 +75,9 @@ def run_demo(workdir: str = "vasa_demo", out: str = "demo.mp4", *,
     # 2. Stage 1.
     t = time.perf_counter()
     face_dir = os.path.join(workdir, "stage1")
-    # The 30-minute CPU recipe (configs/face_latent.py:tiny_pose: reconstruction losses plus
-    # head-pose supervision from SynthTalk's truth, lr 1e-3) on the demo's data and budget.
+    # The 30-minute CPU recipe (configs/face_latent.py:tiny_pose: reconstruction losses, mouth
+    # and eye window losses on SynthTalk's landmarks, head-pose supervision from its truth, a
+    # z_dyn-conditioned decoder, lr 1e-3) on the demo's data and budget.
     fcfg = _config("face_latent.py", "tiny_pose")
     fcfg.data.data_dir = data_dir
     fcfg.data.synthtalk.update(data)
