@@ -245,8 +245,8 @@ def _vox_items(root: str, part: str, audio: str) -> list[Item]:
         for dirpath, dirnames, filenames in os.walk(os.path.join(speakers_dir, spk)):
             dirnames.sort()
             for name in sorted(filenames):
-                if not name.lower().endswith(".mp4"):
-                    continue
+                if name.startswith(".") or not name.lower().endswith(".mp4"):
+                    continue  # hidden files: e.g. a download or copy still in progress
                 path = os.path.join(dirpath, name)
                 rel = os.path.relpath(path, speakers_dir).replace(os.sep, "/")
                 audio_path = ""
