@@ -186,6 +186,7 @@ def restore_generator(workdir: str, step: int | None = None, *, ema: bool = True
 
 def train(config, workdir: str) -> dict:
     """Trains (or resumes) stage 1 in `workdir`; returns the last logged metrics."""
+    from vasa_jax import distributed
     from vasa_jax.data import builders, pipelines
     from vasa_jax.models.vgg import make_perceptual
 
@@ -236,8 +237,13 @@ def train(config, workdir: str) -> dict:
     def to_device(batch):
         return pipelines.global_batch({k: batch[k] for k in keys}, mesh)
 
+    compiled_sample = []  # multi-process: compiled once by all processes before first use
+
     def on_sample(state, batch, step):
-        grid = np.asarray(jax.device_get(sample_step(state, batch)))
+        if not compiled_sample:
+            compiled_sample.append(distributed.compile_then_meet(sample_step, (state, batch),
+                                                                 "sample_step"))
+        grid = np.asarray(jax.device_get(compiled_sample[0](state, batch)))
         if jax.process_index() == 0:
             save_sample_grid(os.path.join(workdir, "samples", f"{step:07d}.png"), grid)
 
