@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         frames=50, steps=600, batch=32, lr=2e-3, max_shift=5, test_clips=8, seed=0))
     c.oracle = ml_collections.ConfigDict(dict(
         image_size=64, channels=(32, 64, 96, 128), hidden=256, id_dim=64, resolution=64,
-        identities=600, clips_per_identity=1, frames=8, test_identities=12, steps=800,
+        identities=600, clips_per_identity=1, frames=8, stride=12, test_identities=12, steps=800,
         batch=64, lr=2e-3, margin=0.3, scale=16.0, seed=0))
     c.capp = ml_collections.ConfigDict(dict(
         width=64, heads=4, pose_layers=6, audio_layers=2, embed_dim=64, clips=768, frames=100,

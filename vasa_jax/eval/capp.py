@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Any, Mapping
 
 import jax
@@ -167,7 +168,8 @@ def train_capp(config: Mapping[str, Any], out_dir: str, log_fn=None) -> dict:
     validates it on held-out identities (`validate`); writes out_dir/net.json + parameters.
 
     config: width, heads, pose_layers, audio_layers, embed_dim, clips, frames, steps, batch,
-    lr, test_clips, seed (configs/eval.py)."""
+    lr, test_clips, seed, optional max_minutes (wall-clock budget; stops early, the run's
+    metrics record the step reached) (configs/eval.py)."""
     import optax
 
     from vasa_jax.eval import evaluators
@@ -199,13 +201,18 @@ def train_capp(config: Mapping[str, Any], out_dir: str, log_fn=None) -> dict:
 
     rng = np.random.default_rng(cfg["seed"])
     history = []
+    budget_s = 60.0 * float(cfg.get("max_minutes") or 0.0)   # 0: no wall-clock budget
+    start = time.perf_counter()
     for s in range(1, cfg["steps"] + 1):
         m, p = _batches(mels, poses, rng, cfg["batch"], ccfg.window)
         params, opt, loss = step(params, opt, jnp.asarray(m), jnp.asarray(p))
-        if s % 50 == 0 or s == cfg["steps"]:
+        out_of_time = budget_s > 0 and time.perf_counter() - start > budget_s
+        if s % 50 == 0 or s == cfg["steps"] or out_of_time:
             history.append(dict(step=s, loss=float(loss)))
             if log_fn:
                 log_fn(history[-1])
+        if out_of_time:
+            break
     capp = CAPP(nnx.merge(graphdef, params))
     held = evaluators.render_clips("held_out", cfg["test_clips"], cfg["frames"], 64,
                                    cfg["seed"] + 1, clips_per_identity=1, render=False)

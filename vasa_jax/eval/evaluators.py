@@ -31,12 +31,30 @@ def identity_ids(split: str, n: int) -> list[int]:
 
 
 def render_clips(split: str, n_clips: int, num_frames: int, resolution: int, seed: int = 0,
-                 clips_per_identity: int = 2, render: bool = True) -> list[dict]:
+                 clips_per_identity: int = 2, render: bool = True, stride: int = 1
+                 ) -> list[dict]:
     """n_clips SynthTalk clips of the evaluators' identities (see the module doc): dicts with
     frames uint8 [T, R, R, 3] (absent when render=False), audio [T·640], every factor, identity,
-    emotion."""
+    emotion. stride > 1 renders every stride-th frame of a clip stride× as long (poses spread
+    over seconds, as a frame-level estimator's training set needs); such clips have no audio."""
     from vasa_jax.data import synthtalk
     from vasa_jax.data.synthtalk.spec import ClipSpec
+
+    if stride > 1:
+        out = []
+        for d in render_clips(split, n_clips, num_frames * stride, resolution, seed,
+                              clips_per_identity, render=False):
+            idx = np.arange(0, num_frames * stride, stride)
+            idn = synthtalk.sample_identity(d["identity"])
+            _, _, _, factors = synthtalk.sample_factors(ClipSpec(
+                identity=d["identity"], seed=d["clip_seed"], num_frames=num_frames * stride,
+                resolution=resolution))
+            sub = {k: np.asarray(v)[idx] for k, v in factors.items()}
+            frames = synthtalk.render_frames(idn, sub, d["emotion"], resolution)
+            sub = {k: v for k, v in sub.items() if not k.startswith("_")}
+            out.append(dict(sub, frames=frames, audio=None, emotion=d["emotion"],
+                            identity=d["identity"], clip=d["clip"], clip_seed=d["clip_seed"]))
+        return out
 
     ids = identity_ids(split, -(-n_clips // clips_per_identity))
     out = []

@@ -159,7 +159,8 @@ def train_oracle(config: Mapping[str, Any], out_dir: str, log_fn=None) -> dict:
     identities; writes out_dir/net.json (+ metrics) and the parameters.
 
     config: image_size, channels, hidden, id_dim, resolution, identities, clips_per_identity,
-    frames, test_identities, steps, batch, lr, margin, scale, seed (configs/eval.py)."""
+    frames, stride (train frames are every stride-th frame), test_identities, steps, batch, lr,
+    margin, scale, seed (configs/eval.py)."""
     import optax
 
     from vasa_jax.eval import evaluators
@@ -169,7 +170,8 @@ def train_oracle(config: Mapping[str, Any], out_dir: str, log_fn=None) -> dict:
                         hidden=cfg["hidden"], id_dim=cfg["id_dim"])
     cpi = int(cfg["clips_per_identity"])
     clips = evaluators.render_clips("train", cfg["identities"] * cpi, cfg["frames"],
-                                    cfg["resolution"], cfg["seed"], clips_per_identity=cpi)
+                                    cfg["resolution"], cfg["seed"], clips_per_identity=cpi,
+                                    stride=int(cfg.get("stride", 1)))
     frames = _prep(np.concatenate([c["frames"] for c in clips]), ocfg.image_size)
     targets = np.concatenate([_targets(c) for c in clips])
     emotion = np.concatenate([np.full(len(c["frames"]), c["emotion"]) for c in clips])

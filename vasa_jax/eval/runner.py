@@ -171,7 +171,6 @@ def evaluate(checkpoint: str, split: str = "test", out_dir: str | None = None, *
     gen = G.Generator(bundle)
     res = bundle.image_size
     clips = eval_clips(bundle.manifest, split, int(rc.clips), int(rc.frames), res)
-    ev = ensure_evaluators(evaluators_dir, config, log_fn)
     default_steps = gen.default_steps
     default_cfg = dict(gen.default_cfg)
     main_steps = int(steps or default_steps)
@@ -198,11 +197,9 @@ def evaluate(checkpoint: str, split: str = "test", out_dir: str | None = None, *
 
     videos: dict[str, list[tuple[np.ndarray, int]]] = {k: [] for k in
                                                         ("real", "still", "copied", *variants)}
-    src_ids = []
     for ci, clip in enumerate(clips):
         source = clip["frames"][0]
         gen.prepare(source)
-        src_ids.append(ev["oracle"](source[None])["identity"])
         videos["real"].append((clip["frames"], ci))
         videos["still"].append((np.repeat(source[None], len(clip["frames"]), 0), ci))
         other = clips[(ci + 1) % len(clips)]["frames"]
@@ -216,6 +213,9 @@ def evaluate(checkpoint: str, split: str = "test", out_dir: str | None = None, *
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
         log_fn(f"generated input {ci + 1}/{len(clips)}")
 
+    # The evaluation networks: loaded (or trained, when missing) once the videos exist.
+    ev = ensure_evaluators(evaluators_dir, config, log_fn)
+    src_ids = [ev["oracle"](c["frames"][:1])["identity"] for c in clips]
     rows = {}
     for name, vids in videos.items():
         per = [measure_video(ev, f, clips[ci]["audio"], clips[ci], src_ids[ci], int(rc.capp_hop))
