@@ -30,8 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         identities=600, clips_per_identity=1, frames=8, stride=12, test_identities=12, steps=800,
         batch=64, lr=2e-3, margin=0.3, scale=16.0, seed=0))
     c.capp = ml_collections.ConfigDict(dict(
-        width=64, heads=4, pose_layers=6, audio_layers=2, embed_dim=64, clips=768, frames=100,
-        steps=1500, batch=64, lr=1e-3, test_clips=64, seed=0))
+        width=64, heads=4, pose_layers=6, audio_layers=2, embed_dim=64, clips=384, frames=100,
+        steps=400, batch=32, lr=1e-3, test_clips=64, seed=0))
     if name == "test":
         c.runner.update(dict(clips=2, frames=76, samples=1, cfg_ablation=(0.0, 1.0),
                              steps_ablation=(2, 3), fvd=False))

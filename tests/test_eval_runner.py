@@ -104,3 +104,14 @@ def test_evaluate_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--steps 0" in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_render_clips_stride_takes_every_kth_frame_of_a_longer_clip():
+    from vasa_jax.eval import evaluators
+
+    full = evaluators.render_clips("train", 1, 9, 64, seed=3, clips_per_identity=1, render=False)
+    sub = evaluators.render_clips("train", 1, 3, 64, seed=3, clips_per_identity=1, stride=3)
+    # The same clip seed: the strided clip is frames 0, 3, 6 of the 9-frame clip's motion.
+    np.testing.assert_allclose(sub[0]["rotation"], full[0]["rotation"][::3], rtol=1e-6)
+    assert sub[0]["frames"].shape == (3, 64, 64, 3) and sub[0]["audio"] is None
+    assert min(evaluators.identity_ids("held_out", 1)) > max(evaluators.identity_ids("train", 5))
