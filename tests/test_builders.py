@@ -25,7 +25,8 @@ def test_counts_and_files(synth_data):
     name = builders.config_name(**{k: cfg[k] for k in (
         "resolution", "num_frames", "num_train_identities", "num_test_identities",
         "clips_per_identity", "seed")})
-    version_dir = os.path.join(synth_data.data_dir, "synthtalk", name, "1.0.0")
+    version_dir = os.path.join(synth_data.data_dir, "synthtalk", name,
+                               str(builders.SynthTalk.VERSION))
     files = sorted(os.listdir(version_dir))
     assert any(f.startswith("synthtalk-train.array_record") for f in files), files
     assert any(f.startswith("synthtalk-test.array_record") for f in files), files
