@@ -268,3 +268,21 @@ def test_stage2_latents_from_real_clips_need_and_use_an_estimator(prepared, tmp_
     assert np.all(np.isnan(rec["mouth"])) and np.all(np.isnan(rec["rotation"]))
     stats = latents.read_stats(lat)  # what the stage-2 trainer normalises with: all finite
     assert all(np.all(np.isfinite(v)) for v in stats.values())
+
+
+def test_stage1_losses_that_need_ground_truth_refuse_real_data(prepared, tmp_path):
+    # Mouth/eye windows need landmarks and the head-pose loss needs rotations; real records have
+    # neither, so training must stop at once with a one-line fix instead of a KeyError later.
+    from vasa_jax.errors import ConfigError
+    from vasa_jax.train import face_latent
+
+    out, summary = prepared
+    for variant, match in (("tiny_run", "landmarks"), ("tiny_pose", "head rotations")):
+        cfg = load_config(f"configs/face_latent.py:{variant}")
+        cfg.data.data_dir = out
+        cfg.data.dataset = summary["dataset"]
+        if variant == "tiny_pose":
+            cfg.loss.update(dict(mouth=0.0, eyes=0.0))
+        with pytest.raises(ConfigError, match=match):
+            face_latent.train(cfg, str(tmp_path / variant))
+        assert not (tmp_path / variant / "checkpoints").exists()

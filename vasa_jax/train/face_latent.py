@@ -203,6 +203,15 @@ def train(config, workdir: str) -> dict:
     # Data.
     data_dir = config.data.data_dir or os.path.join(workdir, "data")
     sources = builders.open_sources(config.data, data_dir, image_size=config.model.image_size)
+    first = sources["train"][0]
+    check(not (config.loss.get("mouth", 0.0) > 0 or config.loss.get("eyes", 0.0) > 0)
+          or "landmarks" in first,
+          "loss.mouth/loss.eyes need per-frame face landmarks, which this data set lacks (SynthTalk "
+          "has them; real video needs a landmark detector): set --config.loss.mouth=0 "
+          "--config.loss.eyes=0")
+    check(config.loss.get("head_pose", 0.0) == 0 or "rotation" in first,
+          "loss.head_pose needs per-frame head rotations, which this data set lacks (SynthTalk has "
+          "them; real video needs a pose estimator): set --config.loss.head_pose=0")
     data_iter = iter(pipelines.stage1_dataset(sources["train"], batch_size=local_batch,
                                               seed=config.seed))
 
