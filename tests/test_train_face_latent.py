@@ -34,6 +34,12 @@ def _config(data_dir, **overrides):
     cfg.log_every = 1
     cfg.sample_every = 1000
     cfg.ckpt_every = 2
+    # Narrower than `tiny` (every loss term kept): these tests check equalities, not quality,
+    # and the suite must stay well under 20 minutes on 2 cores.
+    cfg.model.update(dict(base_channels=8, max_channels=16, volume_size=8, volume_channels=4,
+                          encoder_channels=8, encoder_max_channels=16, id_dim=8, dyn_dim=8,
+                          warp_channels=8, decoder_channels=16))
+    cfg.disc.update(dict(num_scales=1, base_channels=8, max_channels=8, num_layers=1))
     return set_fields(cfg, overrides)
 
 
