@@ -392,12 +392,13 @@ def _decode_frames(path: str, max_frames: int) -> tuple[list[np.ndarray], float,
         container.close()
 
 
-def _has_audio(path: str) -> bool:
+def _has_stream(path: str, kind: str) -> bool:
+    """Whether PyAV opens `path` and finds a `kind` ("audio" / "video") stream in it."""
     import av
 
     try:
         with av.open(path) as c:
-            return bool(c.streams.audio)
+            return bool(getattr(c.streams, kind))
     except Exception:  # noqa: BLE001
         return False
 
@@ -432,9 +433,9 @@ class ClipProcessor:
         audio_file = item.audio_path or item.path
         if item.audio_path and not os.path.isfile(item.audio_path):
             raise SkipClip(f"no audio file {item.audio_path}")
-        if not item.audio_path and not _has_audio(item.path):
+        if not item.audio_path and not _has_stream(item.path, "audio"):
             # Checked first: it is cheap, and an unreadable file is reported by the decoder.
-            if not _readable(item.path):
+            if not _has_stream(item.path, "video"):
                 _decode_frames(item.path, 1)  # raises SkipClip with the decoder's reason
             raise SkipClip("no audio stream")
         limit = s.max_seconds if s.clip_seconds == 0 else 1e9
@@ -491,16 +492,6 @@ class ClipProcessor:
         if not records:
             raise SkipClip(reasons[0] if reasons else "no segment long enough")
         return records
-
-
-def _readable(path: str) -> bool:
-    import av
-
-    try:
-        with av.open(path) as c:
-            return bool(c.streams.video)
-    except Exception:  # noqa: BLE001
-        return False
 
 
 # ----------------------------------------------------------------------------------------------

@@ -294,25 +294,15 @@ def _torch_shape(shape: tuple, kind: str) -> tuple:
 def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """`syncnet_v2.model` (torch.save of the `S` state dict; .model/.pth/.pt, needs torch),
     or the same keys as `.safetensors` / `.npz` → {torch key: numpy array}."""
-    from vasa_jax.models.arcface import _torch_state_dict
+    from vasa_jax.models.arcface import read_tensor_file
 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConfigError(f"SyncNet weights not found: {path} (pass syncnet_python's "
                           "data/syncnet_v2.model, or its tensors as .safetensors/.npz)")
-    lower = path.lower()
-    if lower.endswith((".model", ".pth", ".pt")):
-        tensors = _torch_state_dict(path)
-    elif lower.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        tensors = dict(load_file(path))
-    elif lower.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as f:
-            tensors = {k: f[k] for k in f.files}
-    else:
-        raise ConfigError(f"unsupported SyncNet weights format: {path} (use syncnet_v2.model, "
-                          ".pth/.pt, .safetensors or .npz)")
+    tensors = read_tensor_file(path, (".model", ".pth", ".pt"),
+                               f"unsupported SyncNet weights format: {path} (use "
+                               "syncnet_v2.model, .pth/.pt, .safetensors or .npz)")
     for pre in ("module.", "__S__."):
         if tensors and all(k.startswith(pre) for k in tensors):
             tensors = {k[len(pre):]: v for k, v in tensors.items()}

@@ -256,28 +256,35 @@ def _torch_state_dict(path: str) -> dict[str, np.ndarray]:
             for k, v in obj.items()}
 
 
+def read_tensor_file(path: str, torch_suffixes: tuple[str, ...], unsupported: str
+                     ) -> dict[str, np.ndarray]:
+    """{key: numpy array} from a torch state dict (files ending in `torch_suffixes`; needs
+    torch), a `.safetensors` or an `.npz` file; `unsupported` is the error for other names."""
+    lower = path.lower()
+    if lower.endswith(torch_suffixes):
+        return _torch_state_dict(path)
+    if lower.endswith(".safetensors"):
+        try:
+            from safetensors.numpy import load_file
+        except ImportError as e:
+            raise ConfigError(f"reading {path} needs the `safetensors` package: pip install "
+                              "safetensors, or convert the state dict to .npz") from e
+        return dict(load_file(path))
+    if lower.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    raise ConfigError(unsupported)
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A `.pth`/`.pt` (torch), `.safetensors` or `.npz` state dict -> {torch key: numpy array}."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConfigError(f"ArcFace weights file not found: {path} (pass the path of an "
                           "arcface_torch IResNet state dict: .pth/.pt, .safetensors or .npz)")
-    lower = path.lower()
-    if lower.endswith((".pth", ".pt", ".bin")):
-        tensors = _torch_state_dict(path)
-    elif lower.endswith(".safetensors"):
-        try:
-            from safetensors.numpy import load_file
-        except ImportError as e:
-            raise ConfigError(f"reading {path} needs the `safetensors` package: pip install "
-                              "safetensors, or convert the state dict to .npz") from e
-        tensors = dict(load_file(path))
-    elif lower.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as f:
-            tensors = {k: f[k] for k in f.files}
-    else:
-        raise ConfigError(f"unsupported ArcFace weights format: {path} (use .pth/.pt, "
-                          ".safetensors or .npz)")
+    tensors = read_tensor_file(path, (".pth", ".pt", ".bin"),
+                               f"unsupported ArcFace weights format: {path} (use .pth/.pt, "
+                               ".safetensors or .npz)")
     # DistributedDataParallel checkpoints prefix every key with "module."
     if tensors and all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module."):]: v for k, v in tensors.items()}
