@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -41,8 +42,15 @@ def encode_record(record: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+# np.load parses each member's .npy header with ast.literal_eval, and CPython 3.11's AST
+# constructor is not safe across threads (python/cpython#106905: a spurious "SystemError: AST
+# constructor recursion depth mismatch" when grain's read threads decode records at once; seen
+# here in a stage-2 run). Decoding is a small part of a read: one at a time.
+_DECODE_LOCK = threading.Lock()
+
+
 def decode_record(blob: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+    with _DECODE_LOCK, np.load(io.BytesIO(blob), allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 
