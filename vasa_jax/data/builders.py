@@ -243,10 +243,49 @@ class SynthTalk(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, identities: list[int]):
         cfg: SynthTalkConfig = self.builder_config
-        for identity in identities:
-            for c in range(cfg.clips_per_identity):
-                s = clip_seed(cfg.seed, identity, c)
-                yield f"{identity}_{c}", make_example(identity, s, cfg.num_frames, cfg.resolution)
+        jobs = [(f"{identity}_{c}", (identity, clip_seed(cfg.seed, identity, c), cfg.num_frames,
+                                     cfg.resolution))
+                for identity in identities for c in range(cfg.clips_per_identity)]
+        workers = render_workers(len(jobs))
+        if workers <= 1:
+            for key, args in jobs:
+                yield key, make_example(*args)
+            return
+        # Rendering is numpy on one core per clip: spread clips over processes ("spawn": the
+        # caller may already run JAX's threads, which fork would copy mid-flight). At most
+        # 4 clips per worker are in flight, so memory stays bounded at any data-set size.
+        import collections
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pending = collections.deque()
+            for key, args in jobs:
+                pending.append((key, pool.submit(make_example, *args)))
+                if len(pending) >= 4 * workers:
+                    done_key, future = pending.popleft()
+                    yield done_key, future.result()
+            while pending:
+                done_key, future = pending.popleft()
+                yield done_key, future.result()
+
+
+RENDER_WORKERS_ENV = "VASA_JAX_RENDER_WORKERS"
+
+
+def render_workers(num_clips: int) -> int:
+    """Processes that render a SynthTalk build: ${VASA_JAX_RENDER_WORKERS} if set, else one per
+    available core once there are at least 32 clips (below that, starting the processes costs
+    more than it saves). The records are the same whatever the count."""
+    import os
+
+    env = os.environ.get(RENDER_WORKERS_ENV, "")
+    if env:
+        check(env.isdigit() and int(env) >= 1,
+              f"{RENDER_WORKERS_ENV}={env!r} is invalid: set a whole number ≥ 1 or unset it")
+        return min(int(env), max(num_clips, 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, num_clips // 16)) if num_clips >= 32 else 1
 
 
 def make_builder(data_dir: str, **config_fields) -> SynthTalk:
