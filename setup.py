@@ -34,6 +34,7 @@ TEST_REQUIRES = [
     *EVAL_REQUIRES,
     "python_speech_features==0.6",  # SyncNet's MFCC reference
     "pytest>=8",
+    "pytest-xdist>=3.5",  # the suite runs as `pytest -n 2` (README, .ci/run)
     "torch==2.13.0",
     "transformers>=4.40",
     "diffusers>=0.30",

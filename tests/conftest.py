@@ -12,11 +12,23 @@ jax.config.update("jax_num_cpu_devices", 8)
 
 # A persistent compilation cache for this test session only: the trainer tests build the same
 # jitted steps many times (each `train()` call jits afresh, as a new process would), and XLA's
-# CPU compiles dominate the suite's time. A fresh directory per session: nothing stale.
+# CPU compiles dominate the suite's time. A fresh directory per session, nothing stale: the
+# first process (pytest itself, or the controller under `-n 2`) makes it and removes it at the
+# end; pytest-xdist workers inherit it through the environment and share it.
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="vasa_jax_xla_cache_"))
+_CACHE_ENV = "VASA_JAX_TEST_XLA_CACHE"
+_OWN_CACHE = not os.environ.get(_CACHE_ENV)
+if _OWN_CACHE:
+    os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="vasa_jax_xla_cache_")
+jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ.pop(_CACHE_ENV), ignore_errors=True)
 
 from absl import flags  # noqa: E402
 
