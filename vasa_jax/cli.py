@@ -306,9 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", default="vasa_demo", help="where data, checkpoints and metrics "
                    "go (a rerun resumes)")
     d.add_argument("--out", default="demo.mp4", help="output video (+ .png contact sheet)")
-    d.add_argument("--minutes-stage1", type=float, default=6.0,
+    d.add_argument("--minutes-stage1", type=float, default=8.0,
                    help="stage-1 training budget in minutes")
-    d.add_argument("--minutes-stage2", type=float, default=2.5,
+    d.add_argument("--minutes-stage2", type=float, default=2.0,
                    help="stage-2 training budget in minutes")
     d.add_argument("--no-watermark", action="store_true", help=_NO_WATERMARK)
     d.set_defaults(func=_demo)
