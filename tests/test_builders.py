@@ -149,5 +149,5 @@ def test_bad_render_workers_value(monkeypatch, value):
 def test_render_workers_default(monkeypatch):
     monkeypatch.delenv(builders.RENDER_WORKERS_ENV, raising=False)
     assert builders.render_workers(8) == 1  # a small build stays in this process
-    cores = len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert builders.render_workers(10_000) == cores

@@ -84,8 +84,11 @@ def run_demo(workdir: str = "vasa_demo", out: str = "demo.mp4", *,
     fcfg = _config("face_latent.py", "tiny_pose")
     fcfg.data.data_dir = data_dir
     fcfg.data.synthtalk.update(data)
+    import jax
+
+    n_dev = jax.device_count()  # the batch is split over every device: a multiple of their count
     fcfg.update(dict(steps=100_000, max_train_minutes=minutes_stage1, warmup_steps=50,
-                     batch_size=STAGE1_BATCH,
+                     batch_size=-(-STAGE1_BATCH // n_dev) * n_dev,
                      log_every=25, ckpt_every=100, sample_every=100_000))
     if not os.path.isfile(os.path.join(face_dir, "DONE")):
         face_latent.train(fcfg, face_dir)
@@ -106,9 +109,6 @@ def run_demo(workdir: str = "vasa_demo", out: str = "demo.mp4", *,
     mcfg.update(dict(steps=100_000, max_train_minutes=minutes_stage2, log_every=50,
                      ckpt_every=500))
     # Small data sets: a batch no larger than an epoch, and a multiple of the device count.
-    import jax
-
-    n_dev = jax.device_count()
     n_clips = len(sources["train"])
     mcfg.batch_size = int(min(mcfg.batch_size, max(n_dev, n_clips // n_dev * n_dev)))
     if not os.path.isfile(os.path.join(motion_dir, "DONE")):
