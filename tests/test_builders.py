@@ -151,3 +151,17 @@ def test_render_workers_default(monkeypatch):
     assert builders.render_workers(8) == 1  # a small build stays in this process
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert builders.render_workers(10_000) == cores
+
+
+def test_new_builder_leaves_no_temp_dirs(tmp_path, monkeypatch):
+    # tfds' DatasetInfo.initialize_from_bucket makes an empty "tmp*tfds" dir for every builder
+    # of not-yet-built data; the test suite and the demo used to leave hundreds in /tmp.
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    b = builders.make_builder(str(tmp_path / "data"), **TINY)
+    assert not os.path.isdir(b.data_dir)  # not built: the path that used to leak
+    assert b.info.features is not None
+    assert os.listdir(scratch) == []

@@ -198,6 +198,16 @@ def make_example(identity: int, seed: int, num_frames: int, resolution: int) -> 
     return example
 
 
+class LocalDatasetInfo(tfds.core.DatasetInfo):
+    """DatasetInfo of a data set built on this machine. tfds calls `initialize_from_bucket`
+    whenever a builder is made for data that does not exist yet; it makes an empty temp dir
+    (`/tmp/tmp*tfds`) for GCS metadata each time and never removes it (GCS lookups are off, so
+    nothing is ever read). Our data sets are never on GCS: skip it."""
+
+    def initialize_from_bucket(self) -> None:
+        return None
+
+
 class SynthTalk(tfds.core.GeneratorBasedBuilder):
     """SynthTalk talking-head clips with exact per-frame ground truth (see module doc)."""
 
@@ -228,7 +238,7 @@ class SynthTalk(tfds.core.GeneratorBasedBuilder):
         }
         for name, (shape, dtype) in FACTOR_SPECS.items():
             feats[name] = tfds.features.Tensor(shape=(t, *shape), dtype=dtype)
-        return tfds.core.DatasetInfo(
+        return LocalDatasetInfo(
             builder=self,
             description=__doc__.split("\n\n")[0],
             features=tfds.features.FeaturesDict(feats),

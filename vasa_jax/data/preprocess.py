@@ -541,9 +541,11 @@ def _builder_classes():
             return None
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self, description=__doc__.split("\n\n")[0],
-                                         features=features_dict(),
-                                         homepage="https://arxiv.org/abs/2404.10667")
+            from vasa_jax.data.builders import LocalDatasetInfo
+
+            return LocalDatasetInfo(builder=self, description=__doc__.split("\n\n")[0],
+                                    features=features_dict(),
+                                    homepage="https://arxiv.org/abs/2404.10667")
 
         def _split_generators(self, dl_manager):
             # Serial tfds path (`download_and_prepare(download_config=DownloadConfig(
