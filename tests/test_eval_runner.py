@@ -69,6 +69,55 @@ def test_clip_loss_and_capp_perturbations():
     np.testing.assert_allclose(capp.scale_variation(pose, 1.0), pose)
 
 
+def test_capp_hard_negatives_and_per_frame_embedding():
+    import jax.numpy as jnp
+    from flax import nnx
+
+    # A hard negative identical to the positive takes half the audio → pose probability.
+    e = jnp.eye(4)
+    base = float(capp.clip_loss(e, e, jnp.log(100.0)))
+    hard = float(capp.clip_loss(e, e, jnp.log(100.0), e[:, None, :]))
+    assert hard - base == pytest.approx(np.log(2) / 2, abs=1e-3)
+    # Shifted windows are the same clip's pose `d` frames later (a ramp makes that visible).
+    ramp = [np.arange(40, dtype=np.float32)[:, None] * np.ones((1, 5), np.float32)]
+    mel = [np.zeros((40, 80), np.float32)]
+    m, p, q = capp._batches(mel, ramp, np.random.default_rng(0), 3, 30, (-3, 5))
+    assert m.shape == (3, 30, 80) and q.shape == (3, 2, 30, 5)
+    np.testing.assert_array_equal(q[:, 0] - p, -3.0)
+    np.testing.assert_array_equal(q[:, 1] - p, 5.0)
+    net = capp.CAPPNet(capp.CAPPConfig(width=8, heads=2, pose_layers=1, audio_layers=1,
+                                       embed_dim=6, window=30, frame_dim=2, velocity=True),
+                       rngs=nnx.Rngs(0))
+    a, pe = net(jnp.asarray(m), jnp.asarray(p))
+    assert a.shape == pe.shape == (3, 6 + 30 * 2)
+    np.testing.assert_allclose(np.linalg.norm(pe, axis=1), 1.0, rtol=1e-5)
+    # The per-frame part sees timing: moving the pose changes its embedding.
+    moved = np.asarray(net.embed_pose(jnp.asarray(capp.shift_pose(p[0], 2)[None])))[0]
+    assert float(np.abs(moved - np.asarray(pe[0])).max()) > 1e-4
+
+
+def test_oracle_training_frames_decouple_factors_from_faces():
+    from vasa_jax.eval import oracle as orc
+
+    d = orc.training_frames(identities=2, frames_per_identity=6, tracks=2, track_frames=20,
+                            resolution=64, seed=1, blink_fraction=0.5)
+    assert d["frames"].shape == (12, 64, 64, 3) and d["frames"].dtype == np.uint8
+    assert d["targets"].shape == (12, sum(w for w, _, _ in orc.TARGETS.values()))
+    np.testing.assert_array_equal(d["identity"], np.repeat([0, 1], 6))
+    # Each face is seen with several emotions and poses (not one clip's).
+    assert all(len(set(d["emotion"][d["identity"] == k])) > 1 for k in (0, 1))
+    rot = orc._decode(d["targets"])["rotation"]
+    assert np.std(rot[:6, 0]) > 1.0
+    again = orc.training_frames(2, 6, 2, 20, 64, seed=1, blink_fraction=0.5)
+    np.testing.assert_array_equal(again["frames"], d["frames"])
+    import jax
+
+    x = jax.numpy.asarray(d["frames"], jax.numpy.float32) / 127.5 - 1.0
+    y = np.asarray(orc._augment(x, jax.random.key(0)))
+    assert y.shape == x.shape and y.min() >= -1.0 and y.max() <= 1.0
+    assert 1e-3 < float(np.abs(y - np.asarray(x)).mean()) < 0.3
+
+
 def test_evaluate_end_to_end(bundle_dir, evaluators_dir, eval_config, tmp_path):
     out = str(tmp_path / "eval")
     r = runner.evaluate(bundle_dir, "test", out, steps=2, cfg_audio=0.5, config=eval_config,

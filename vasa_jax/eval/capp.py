@@ -4,7 +4,7 @@ with its speech.
     capp = CAPP.load("EVAL/capp")                 # or train_capp(config, "EVAL/capp")
     capp.score(audio, pose)                       # 16 kHz [N], pose [T, 5] → mean cosine
 
-As published: an audio encoder and a 6-layer transformer over the pose sequence, each pooled to
+As published: an audio encoder and a 6-layer transformer over the pose sequence, each mapped to
 one unit vector per 3-second window (75 frames at 25 fps), trained with the CLIP loss
 (symmetric cross-entropy over the batch's audio × pose cosines, learned temperature). The
 score of a clip is the mean cosine between its audio and pose embeddings over its 3-s windows
@@ -12,6 +12,13 @@ score of a clip is the mean cosine between its audio and pose embeddings over it
 y), what the SynthTalk oracle reads from frames; audio is our log-mel front end (80 bands per
 video frame) followed by a 2-layer transformer (VASA-1 used a pretrained Wav2Vec2, which
 cannot be downloaded here).
+
+Three choices make the score sensitive to timing (`configs/eval.py:tiny`; a pooled-only CAPP
+trained on random in-batch negatives scored a pose 4 frames off as high as the aligned one):
+each tower's embedding is its mean-pooled vector followed by `frame_dim` features per frame,
+normalised together, so the cosine contains Σ_t a_t·p_t (a zero-lag cross-correlation); the
+pose tower sees the pose and its frame-to-frame velocity (onsets, not levels); and the CLIP
+loss gets hard negatives — the same window's pose moved by ±2…±8 frames against its audio.
 
 Training data is SynthTalk speech + head motion of the evaluators' own identities (no frames
 need rendering: `evaluators.render_clips(..., render=False)`); `validate` reproduces the paper's
@@ -41,6 +48,7 @@ WINDOW = 75             # 3 s at 25 fps
 POSE_DIM = 5            # yaw, pitch, roll (deg), translation x, y
 POSE_SCALE = np.asarray([15.0, 15.0, 15.0, 0.2, 0.2], np.float32)
 MEL_MEAN, MEL_STD = -6.0, 4.0
+VELOCITY_GAIN = 4.0     # frame differences of the scaled pose are ≈ 4× smaller than the pose
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,48 +60,80 @@ class CAPPConfig:
     embed_dim: int = 64
     window: int = WINDOW
     n_mels: int = 80
+    # Per-frame part of the embedding: frame_dim features per frame, concatenated (after the
+    # pooled embed_dim) before the unit normalisation, so the cosine includes Σ_t a_t·p_t —
+    # a zero-lag cross-correlation that timing can move. 0: pooled only (the first design).
+    frame_dim: int = 0
+    # Feed pose velocity (frame differences) as well as pose: onsets, not levels.
+    velocity: bool = False
 
 
 class _SeqEncoder(nnx.Module):
     def __init__(self, in_dim: int, width: int, heads: int, layers: int, window: int,
-                 embed_dim: int, *, rngs: nnx.Rngs):
+                 embed_dim: int, frame_dim: int = 0, *, rngs: nnx.Rngs):
         self.inp = nnx.Linear(in_dim, width, rngs=rngs)
         self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (window, width)))
         self.blocks = nnx.List([EncoderBlock(width, heads, 4.0, rngs=rngs)
                                 for _ in range(layers)])
         self.norm = nnx.LayerNorm(width, rngs=rngs)
         self.out = nnx.Linear(width, embed_dim, rngs=rngs)
+        self.frame_out = nnx.Linear(width, frame_dim, rngs=rngs) if frame_dim else None
 
     def __call__(self, x):
+        """x [B, W, in_dim] → unit embedding [B, embed_dim + W·frame_dim]."""
         h = self.inp(x) + self.pos[...][None, :x.shape[1]]
         for b in self.blocks:
             h = b(h)
-        return l2_normalize(self.out(jnp.mean(self.norm(h), axis=1)))
+        h = self.norm(h)
+        e = self.out(jnp.mean(h, axis=1))
+        if self.frame_out is not None:
+            e = jnp.concatenate([e, self.frame_out(h).reshape(h.shape[0], -1)], axis=1)
+        return l2_normalize(e)
 
 
 class CAPPNet(nnx.Module):
     def __init__(self, config: CAPPConfig, *, rngs: nnx.Rngs):
         self.config = c = config
         self.audio_enc = _SeqEncoder(c.n_mels, c.width, c.heads, c.audio_layers, c.window,
-                                     c.embed_dim, rngs=rngs)
-        self.pose_enc = _SeqEncoder(POSE_DIM, c.width, c.heads, c.pose_layers, c.window,
-                                    c.embed_dim, rngs=rngs)
+                                     c.embed_dim, c.frame_dim, rngs=rngs)
+        self.pose_enc = _SeqEncoder(POSE_DIM * (2 if c.velocity else 1), c.width, c.heads,
+                                    c.pose_layers, c.window, c.embed_dim, c.frame_dim,
+                                    rngs=rngs)
         self.log_scale = nnx.Param(jnp.asarray(np.log(1 / 0.07), jnp.float32))
+
+    def embed_audio(self, mel: jax.Array) -> jax.Array:
+        """mel [B, W, 80] (log-mel) → unit embeddings [B, D]."""
+        return self.audio_enc((mel - MEL_MEAN) / MEL_STD)
+
+    def embed_pose(self, pose: jax.Array) -> jax.Array:
+        """pose [B, W, 5] (raw units) → unit embeddings [B, D]."""
+        p = pose - jnp.mean(pose, axis=1, keepdims=True)  # the window's rest pose is not motion
+        p = p / jnp.asarray(POSE_SCALE)
+        if self.config.velocity:
+            v = jnp.diff(p, axis=1, prepend=p[:, :1])
+            p = jnp.concatenate([p, VELOCITY_GAIN * v], axis=-1)
+        return self.pose_enc(p)
 
     def __call__(self, mel: jax.Array, pose: jax.Array):
         """mel [B, W, 80] (log-mel), pose [B, W, 5] (raw units) → unit embeddings [B, D] each."""
-        a = self.audio_enc((mel - MEL_MEAN) / MEL_STD)
-        p = pose - jnp.mean(pose, axis=1, keepdims=True)  # the window's rest pose is not motion
-        p = self.pose_enc(p / jnp.asarray(POSE_SCALE))
-        return a, p
+        return self.embed_audio(mel), self.embed_pose(pose)
 
 
-def clip_loss(a: jax.Array, p: jax.Array, log_scale: jax.Array) -> jax.Array:
-    """Symmetric CLIP cross-entropy of the [B, B] scaled cosine matrix (matches on the diagonal)."""
-    logits = jnp.exp(jnp.minimum(log_scale, np.log(100.0))) * a @ p.T
+def clip_loss(a: jax.Array, p: jax.Array, log_scale: jax.Array,
+              p_shifted: jax.Array | None = None) -> jax.Array:
+    """Symmetric CLIP cross-entropy of the [B, B] scaled cosine matrix (matches on the diagonal).
+
+    p_shifted [B, K, D]: optional hard negatives — row i's own pose shifted in time against its
+    audio — added to audio i's candidates (the audio → pose direction), so that the embedding
+    has to tell the aligned pose from the same motion a few frames early or late."""
+    scale = jnp.exp(jnp.minimum(log_scale, np.log(100.0)))
+    logits = scale * a @ p.T
     labels = jnp.arange(a.shape[0])
-    la = -jnp.mean(jax.nn.log_softmax(logits, 1)[labels, labels])
     lp = -jnp.mean(jax.nn.log_softmax(logits, 0)[labels, labels])
+    if p_shifted is not None:
+        hard = scale * jnp.einsum("bd,bkd->bk", a, p_shifted)
+        logits = jnp.concatenate([logits, hard], axis=1)
+    la = -jnp.mean(jax.nn.log_softmax(logits, 1)[labels, labels])
     return (la + lp) / 2
 
 
@@ -153,14 +193,24 @@ class CAPP:
         return self.score_features(mel_features(audio), np.asarray(pose, np.float32), hop)
 
 
-def _batches(mels, poses, rng, batch: int, window: int):
+def _batches(mels, poses, rng, batch: int, window: int, shifts: tuple = ()):
+    """Random 3-s windows → mel [B, W, 80], pose [B, W, 5] and, with `shifts` (frames), the same
+    clip's pose window moved by each of len(shifts) shifts drawn from them: [B, K, W, 5]."""
+    k = len(shifts)
+    reach = max((abs(int(d)) for d in shifts), default=0)
     ci = rng.integers(0, len(mels), batch)
-    m, p = [], []
+    m, p, q = [], [], []
     for c in ci:
-        s = int(rng.integers(0, len(mels[c]) - window + 1))
+        t = min(len(mels[c]), len(poses[c]))
+        if t - window - 2 * reach < 0:
+            raise ConfigError(f"CAPP training clips have {t} frames: a {window}-frame window "
+                              f"shifted by ±{reach} needs {window + 2 * reach}")
+        s = int(rng.integers(reach, t - window - reach + 1))
         m.append(mels[c][s:s + window])
         p.append(poses[c][s:s + window])
-    return np.stack(m), np.stack(p)
+        if k:
+            q.append(np.stack([poses[c][s + int(d):s + int(d) + window] for d in shifts]))
+    return np.stack(m), np.stack(p), (np.stack(q) if k else None)
 
 
 def train_capp(config: Mapping[str, Any], out_dir: str, log_fn=None) -> dict:
@@ -176,7 +226,10 @@ def train_capp(config: Mapping[str, Any], out_dir: str, log_fn=None) -> dict:
 
     cfg = dict(config)
     ccfg = CAPPConfig(width=cfg["width"], heads=cfg["heads"], pose_layers=cfg["pose_layers"],
-                      audio_layers=cfg["audio_layers"], embed_dim=cfg["embed_dim"])
+                      audio_layers=cfg["audio_layers"], embed_dim=cfg["embed_dim"],
+                      frame_dim=int(cfg.get("frame_dim", 0)),
+                      velocity=bool(cfg.get("velocity", False)))
+    shifts = tuple(int(d) for d in cfg.get("hard_shifts") or ())
     clips = evaluators.render_clips("train", cfg["clips"], cfg["frames"], 64, cfg["seed"],
                                     clips_per_identity=1, render=False)
     mels = [mel_features(c["audio"]) for c in clips]
@@ -188,14 +241,19 @@ def train_capp(config: Mapping[str, Any], out_dir: str, log_fn=None) -> dict:
                      weight_decay=1e-4)
     opt = tx.init(params)
 
-    def loss_fn(params, m, p):
+    def loss_fn(params, m, p, q):
         model = nnx.merge(graphdef, params)
-        a, q = model(m, p)
-        return clip_loss(a, q, model.log_scale[...])
+        if q is None:
+            a, e = model(m, p)
+            return clip_loss(a, e, model.log_scale[...])
+        b, k = q.shape[:2]
+        a = model.embed_audio(m)
+        e = model.embed_pose(jnp.concatenate([p, q.reshape(b * k, *q.shape[2:])]))  # one pass
+        return clip_loss(a, e[:b], model.log_scale[...], e[b:].reshape(b, k, -1))
 
     @jax.jit
-    def step(params, opt, m, p):
-        loss, g = jax.value_and_grad(loss_fn)(params, m, p)
+    def step(params, opt, m, p, q):
+        loss, g = jax.value_and_grad(loss_fn)(params, m, p, q)
         upd, opt = tx.update(g, opt, params)
         return optax.apply_updates(params, upd), opt, loss
 
@@ -204,8 +262,12 @@ def train_capp(config: Mapping[str, Any], out_dir: str, log_fn=None) -> dict:
     budget_s = 60.0 * float(cfg.get("max_minutes") or 0.0)   # 0: no wall-clock budget
     start = time.perf_counter()
     for s in range(1, cfg["steps"] + 1):
-        m, p = _batches(mels, poses, rng, cfg["batch"], ccfg.window)
-        params, opt, loss = step(params, opt, jnp.asarray(m), jnp.asarray(p))
+        # Each row gets n_hard of the hard-negative shifts (a fresh draw every step).
+        drawn = (tuple(rng.choice(shifts, size=int(cfg.get("n_hard", 2)), replace=False))
+                 if shifts else ())
+        m, p, q = _batches(mels, poses, rng, cfg["batch"], ccfg.window, drawn)
+        params, opt, loss = step(params, opt, jnp.asarray(m), jnp.asarray(p),
+                                 None if q is None else jnp.asarray(q))
         out_of_time = budget_s > 0 and time.perf_counter() - start > budget_s
         if s % 50 == 0 or s == cfg["steps"] or out_of_time:
             history.append(dict(step=s, loss=float(loss)))

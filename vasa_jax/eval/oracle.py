@@ -11,11 +11,12 @@ face / head-pose fitter, an emotion classifier, ArcFace): on SynthTalk every fac
 exactly, so the oracle is trained on frames of its own identities (`eval.evaluators`) and its
 accuracy is measured on identities it never saw (`held_out` in net.json).
 
-Network: four stride-2 3×3 conv stages (GroupNorm, SiLU) on the frame resized to `image_size`,
+Network: four conv stages (`blocks` 3×3 convs each, the first with stride 2; GroupNorm, SiLU)
+on the frame resized to `image_size`,
 flatten (the layout matters: pose and gaze are positions), a 256-unit trunk, and linear heads —
-regression of the standardised factors (mean squared error), emotion (cross-entropy) and an
-identity embedding trained with the ArcFace head (additive angular margin) over the train
-identities.
+regression of the standardised factors (mean squared error, gaze and blink weighted up),
+emotion (cross-entropy) and an identity embedding trained contrastively (two frames of each
+face in the batch, InfoNCE).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from vasa_jax.errors import ConfigError
-from vasa_jax.models.identity_net import ArcFaceHead, identity_logits, l2_normalize
+from vasa_jax.models.identity_net import l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ TARGETS = {
     "blink": (1, 0.5, 0.5),
     "mouth": (3, 0.4, 0.3),
 }
+# Loss weight per regression target (gaze and blink are read from a few pixels of eye; without
+# extra weight the network settles for the head pose and the mean).
+WEIGHTS = {"gaze": 3.0, "blink": 3.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,17 +56,21 @@ class OracleConfig:
     channels: tuple = (32, 64, 96, 128)
     hidden: int = 256
     id_dim: int = 64
+    blocks: int = 1         # 3×3 convs per stage (the first with stride 2)
 
 
 class OracleNet(nnx.Module):
     def __init__(self, config: OracleConfig, *, rngs: nnx.Rngs):
         self.config = config
         chans = tuple(config.channels)
-        cins = (3, *chans[:-1])
-        self.convs = nnx.List([nnx.Conv(ci, co, (3, 3), strides=2, padding=((1, 1), (1, 1)),
-                                        rngs=rngs) for ci, co in zip(cins, chans)])
-        self.norms = nnx.List([nnx.GroupNorm(co, num_groups=min(8, co // 4), rngs=rngs)
-                               for co in chans])
+        convs, norms, cin = [], [], 3
+        for co in chans:
+            for b in range(config.blocks):
+                convs.append(nnx.Conv(cin, co, (3, 3), strides=2 if b == 0 else 1,
+                                      padding=((1, 1), (1, 1)), rngs=rngs))
+                norms.append(nnx.GroupNorm(co, num_groups=min(8, co // 4), rngs=rngs))
+                cin = co
+        self.convs, self.norms = nnx.List(convs), nnx.List(norms)
         side = config.image_size // 2 ** len(chans)
         self.trunk = nnx.Linear(side * side * chans[-1], config.hidden, rngs=rngs)
         width = sum(w for w, _, _ in TARGETS.values())
@@ -154,73 +162,167 @@ class Oracle:
         return r
 
 
-def train_oracle(config: Mapping[str, Any], out_dir: str, log_fn=None) -> dict:
-    """Trains the oracle on frames of the evaluators' train identities; measures it on held-out
-    identities; writes out_dir/net.json (+ metrics) and the parameters.
+def training_frames(identities: int, frames_per_identity: int, tracks: int, track_frames: int,
+                    resolution: int, seed: int = 0, blink_fraction: float = 0.15,
+                    log_fn=None) -> dict:
+    """The oracle's training set: `frames_per_identity` frames of each of `identities` train
+    identities (`eval.evaluators`), every frame with its own factors — a random moment of one of
+    `tracks` factor tracks (speech + motion of `track_frames` frames, not rendered) and its own
+    random emotion — so that no factor is tied to a face (a face seen in one clip is seen with
+    one emotion and a few poses, which the network memorises). `blink_fraction` of the frames
+    are drawn from blinks (eyes ≥ 30 % shut; rare in speech).
 
-    config: image_size, channels, hidden, id_dim, resolution, identities, clips_per_identity,
-    frames, stride (train frames are every stride-th frame), test_identities, steps, batch, lr,
-    margin, scale, seed (configs/eval.py)."""
+    → frames uint8 [N, R, R, 3], targets [N, R] (`_targets`), emotion [N], identity [N]
+    (0..identities-1)."""
+    from vasa_jax.data import synthtalk
+    from vasa_jax.data.synthtalk.motion import FOCAL
+    from vasa_jax.data.synthtalk.render import Renderer
+    from vasa_jax.data.synthtalk.spec import EMOTIONS
+    from vasa_jax.eval import evaluators
+
+    track = evaluators.render_clips("train", tracks, track_frames, resolution, seed + 7,
+                                    clips_per_identity=1, render=False)
+    blinks = [np.flatnonzero(np.asarray(c["blink"]) > 0.3) for c in track]
+    rng = np.random.default_rng(seed)
+    frames, rows, emotion, ident = [], [], [], []
+    for k, idn in enumerate(evaluators.identity_ids("train", identities)):
+        renderer = Renderer(synthtalk.sample_identity(idn), resolution)
+        for _ in range(frames_per_identity):
+            ci = int(rng.integers(len(track)))
+            c = track[ci]
+            if rng.uniform() < blink_fraction and len(blinks[ci]):
+                t = int(rng.choice(blinks[ci]))
+            else:
+                t = int(rng.integers(len(c["blink"])))
+            e = int(rng.integers(len(EMOTIONS)))
+            dist = float(c["distance"][t])
+            tr = np.asarray(c["translation"][t], np.float64)
+            shift = (tr[0] * dist / FOCAL, -tr[1] * dist / FOCAL)
+            frames.append(renderer.render(c["rotation"][t], shift, dist, c["eye_gaze"][t],
+                                          c["blink"][t], c["mouth"][t], EMOTIONS[e]))
+            rows.append({name: np.asarray(c[name])[t:t + 1] for name in TARGETS})
+            emotion.append(e)
+            ident.append(k)
+        if log_fn and (k + 1) % 500 == 0:
+            log_fn(dict(rendered_identities=k + 1))
+    targets = np.concatenate([_targets(r) for r in rows])
+    return dict(frames=np.stack(frames), targets=targets, emotion=np.asarray(emotion, np.int32),
+                identity=np.asarray(ident, np.int32))
+
+
+def _augment(x: jax.Array, key: jax.Array) -> jax.Array:
+    """Photometric augmentation of images [B, S, S, 3] in [-1, 1]: per-image brightness,
+    contrast and channel gains, and a random mix towards a blurred copy (generated videos are
+    softer than SynthTalk's renders). Nothing geometric: pose and position are targets."""
+    b = x.shape[0]
+    k1, k2, k3, k4, k5 = jax.random.split(key, 5)
+    y = (x + 1.0) / 2.0
+    gain = 1.0 + jax.random.uniform(k1, (b, 1, 1, 3), minval=-0.08, maxval=0.08)
+    bright = 1.0 + jax.random.uniform(k2, (b, 1, 1, 1), minval=-0.15, maxval=0.15)
+    contrast = 1.0 + jax.random.uniform(k3, (b, 1, 1, 1), minval=-0.2, maxval=0.2)
+    mean = jnp.mean(y, axis=(1, 2, 3), keepdims=True)
+    y = (mean + contrast * (y - mean)) * bright * gain
+    taps = jnp.asarray([0.0625, 0.25, 0.375, 0.25, 0.0625], y.dtype)   # binomial, σ ≈ 1 px
+    w = jax.random.uniform(k4, (b, 1, 1, 1)) * (jax.random.uniform(k5, (b, 1, 1, 1)) < 0.5)
+    y = (1.0 - w) * y + w * _blur5(y, taps)
+    return jnp.clip(y, 0.0, 1.0) * 2.0 - 1.0
+
+
+def _blur5(y: jax.Array, taps: jax.Array) -> jax.Array:
+    """Separable 5-tap blur of [B, H, W, C] (edges repeated)."""
+    p = jnp.pad(y, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+    h, w = y.shape[1:3]
+    rows = sum(taps[i] * p[:, i:i + h, :, :] for i in range(5))
+    return sum(taps[i] * rows[:, :, i:i + w, :] for i in range(5))
+
+
+def train_oracle(config: Mapping[str, Any], out_dir: str, log_fn=None) -> dict:
+    """Trains the oracle on frames of the evaluators' train identities (`training_frames`);
+    measures it on held-out identities; writes out_dir/net.json (+ metrics) and the parameters.
+
+    config: image_size, channels, blocks, hidden, id_dim, resolution, identities,
+    frames_per_identity, tracks, track_frames, blink_fraction, augment, test_identities,
+    test_frames, steps, batch (even: pairs of frames of one face), lr, id_temperature,
+    id_weight, seed (configs/eval.py)."""
+    import time
+
     import optax
 
     from vasa_jax.eval import evaluators
 
     cfg = dict(config)
     ocfg = OracleConfig(image_size=cfg["image_size"], channels=tuple(cfg["channels"]),
-                        hidden=cfg["hidden"], id_dim=cfg["id_dim"])
-    cpi = int(cfg["clips_per_identity"])
-    clips = evaluators.render_clips("train", cfg["identities"] * cpi, cfg["frames"],
-                                    cfg["resolution"], cfg["seed"], clips_per_identity=cpi,
-                                    stride=int(cfg.get("stride", 1)))
-    frames = _prep(np.concatenate([c["frames"] for c in clips]), ocfg.image_size)
-    targets = np.concatenate([_targets(c) for c in clips])
-    emotion = np.concatenate([np.full(len(c["frames"]), c["emotion"]) for c in clips])
-    ids = {i: k for k, i in enumerate(sorted({c["identity"] for c in clips}))}
-    ident = np.concatenate([np.full(len(c["frames"]), ids[c["identity"]]) for c in clips])
+                        hidden=cfg["hidden"], id_dim=cfg["id_dim"],
+                        blocks=int(cfg.get("blocks", 1)))
+    t0 = time.perf_counter()
+    data = training_frames(cfg["identities"], cfg["frames_per_identity"], cfg["tracks"],
+                           cfg["track_frames"], cfg["resolution"], cfg["seed"],
+                           cfg.get("blink_fraction", 0.15), log_fn)
+    frames = _prep(data["frames"], ocfg.image_size)
+    targets, emotion = data["targets"], data["emotion"]
+    render_s = time.perf_counter() - t0
 
-    rngs = nnx.Rngs(cfg["seed"])
-    net = OracleNet(ocfg, rngs=rngs)
-    head = ArcFaceHead(ocfg.id_dim, len(ids), rngs=rngs)
-    graphdef, params = nnx.split((net, head))
+    net = OracleNet(ocfg, rngs=nnx.Rngs(cfg["seed"]))
+    graphdef, params = nnx.split(net)
     sched = optax.warmup_cosine_decay_schedule(
         0.0, cfg["lr"], max(1, min(50, cfg["steps"] // 10)), max(2, cfg["steps"]))
     tx = optax.adam(sched)
     opt = tx.init(params)
+    augment = bool(cfg.get("augment", True))
+    weights = jnp.asarray(np.concatenate([np.full(w, WEIGHTS.get(n, 1.0), np.float32)
+                                          for n, (w, _, _) in TARGETS.items()]))
+    temp = float(cfg["id_temperature"])
 
-    def loss_fn(params, x, y, e, i):
-        net, head = nnx.merge(graphdef, params)
-        o = net(x)
-        reg = jnp.mean((o["regress"] - y) ** 2)
+    def loss_fn(params, x, y, e):
+        o = nnx.merge(graphdef, params)(x)
+        reg = jnp.mean(weights * (o["regress"] - y) ** 2) / jnp.mean(weights)
         ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(o["emotion"]), e[:, None], 1))
-        logits = identity_logits(head.cosines(o["identity"]), i, cfg["margin"], cfg["scale"])
-        idl = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), i[:, None], 1))
-        return reg + ce + 0.2 * idl, (reg, ce, idl)
+        # Identity: rows 2k and 2k+1 are two frames of one face (other pose, emotion, mouth);
+        # symmetric InfoNCE between the two halves — scales to any number of identities.
+        z = o["identity"]
+        logits = z[0::2] @ z[1::2].T / temp
+        lab = jnp.arange(logits.shape[0])
+        idl = -(jnp.mean(jax.nn.log_softmax(logits, 1)[lab, lab])
+                + jnp.mean(jax.nn.log_softmax(logits, 0)[lab, lab])) / 2
+        return reg + ce + cfg["id_weight"] * idl, (reg, ce, idl)
 
     @jax.jit
-    def step(params, opt, x, y, e, i):
+    def step(params, opt, x, y, e, key):
         x = x.astype(jnp.float32) / 127.5 - 1.0
-        (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y, e, i)
+        if augment:
+            x = _augment(x, key)
+        (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y, e)
         upd, opt = tx.update(g, opt, params)
         return optax.apply_updates(params, upd), opt, loss, aux
 
     rng = np.random.default_rng(cfg["seed"])
+    key = jax.random.key(int(cfg["seed"]))
+    fpi = int(cfg["frames_per_identity"])
+    if fpi < 2:
+        raise ConfigError("oracle.frames_per_identity must be ≥ 2: the identity loss pairs two "
+                          "frames of each face")
     history = []
+    t1 = time.perf_counter()
     for s in range(1, cfg["steps"] + 1):
-        idx = rng.integers(0, len(frames), cfg["batch"])
+        who = rng.choice(int(cfg["identities"]), cfg["batch"] // 2, replace=False)
+        pair = np.stack([rng.choice(fpi, 2, replace=False) for _ in who])
+        idx = (who[:, None] * fpi + pair).reshape(-1)          # identity k's frames: k·fpi + j
         params, opt, loss, (reg, ce, idl) = step(params, opt, frames[idx], targets[idx],
-                                                 emotion[idx].astype(np.int32),
-                                                 ident[idx].astype(np.int32))
+                                                 emotion[idx], jax.random.fold_in(key, s))
         if s % 50 == 0 or s == cfg["steps"]:
             history.append(dict(step=s, loss=float(loss), regress=float(reg), emotion=float(ce),
                                 identity=float(idl)))
             if log_fn:
                 log_fn(history[-1])
-    net, _ = nnx.merge(graphdef, params)
+    train_s = time.perf_counter() - t1
+    net = nnx.merge(graphdef, params)
     oracle = Oracle(net)
     # Held-out: two clips per identity (identity matching needs a gallery and a query clip).
-    held = evaluators.render_clips("held_out", cfg["test_identities"] * 2, cfg["frames"],
+    held = evaluators.render_clips("held_out", cfg["test_identities"] * 2, cfg["test_frames"],
                                    cfg["resolution"], cfg["seed"] + 1, clips_per_identity=2)
-    metrics = dict(train=history[-1], held_out=oracle_accuracy(oracle, held))
+    metrics = dict(train=dict(history[-1], frames=int(len(frames)),
+                              render_seconds=round(render_s, 1), train_seconds=round(train_s, 1)),
+                   held_out=oracle_accuracy(oracle, held))
     from vasa_jax.eval.evaluators import save_params
 
     save_params(out_dir, net, dict(kind="synthtalk_oracle", config=dataclasses.asdict(ocfg),
