@@ -127,8 +127,12 @@ def initialize(mode: str = "auto", *, coordinator_address: str | None = None,
 
 
 def _already_initialized() -> bool:
+    import jax
+
+    if hasattr(jax.distributed, "is_initialized"):   # public since the JAX 0.5 line
+        return bool(jax.distributed.is_initialized())
     try:
-        from jax._src import distributed as _d  # the documented API has no "is initialised"
+        from jax._src import distributed as _d  # older JAX: no public "is initialised"
 
         return _d.global_state.client is not None
     except (ImportError, AttributeError):
@@ -156,9 +160,15 @@ def barrier(name: str, timeout_s: float = 3600.0) -> None:
 
     if jax.process_count() == 1:
         return
-    from jax._src import distributed as _d  # the client jax.distributed.initialize() created
+    # The runtime client jax.distributed.initialize() created; JAX has no public handle on it
+    # (multihost_utils.sync_global_devices is a device collective, without its own timeout).
+    from jax._src import distributed as _d
 
-    _d.global_state.client.wait_at_barrier(f"vasa_jax:{name}", int(timeout_s * 1000))
+    client = getattr(getattr(_d, "global_state", None), "client", None)
+    if client is None:
+        raise RuntimeError(f"barrier {name!r}: {jax.process_count()} processes but no JAX "
+                           "distributed client; call vasa_jax.distributed.initialize() first")
+    client.wait_at_barrier(f"vasa_jax:{name}", int(timeout_s * 1000))
 
 
 def compile_then_meet(jitted, args: tuple, name: str):
