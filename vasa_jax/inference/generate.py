@@ -765,9 +765,11 @@ class Generator:
 
     def stream(self, audio_chunks: Iterable[Any], controls: Controls | None = None, *,
                source: Source | None = None) -> Iterator[np.ndarray]:
-        """Online: 16 kHz mono float chunks of any length → uint8 frames [n, S, S, 3], one
-        window (n = W, the last one shorter) as soon as its audio (plus the features' look-ahead)
-        has arrived. Holds only the current window's samples and the K-frame history."""
+        """Online: 16 kHz mono float chunks of any length → uint8 frames [n, S, S, 3] in render
+        batches (n = render_batch, or what is left of the window), each yielded as soon as it
+        is decoded: a window's motion is sampled once its audio (plus the features' look-ahead)
+        has arrived, then its frames leave batch by batch, so a render_batch below W brings the
+        first frame forward. Holds only the current window's samples and the K-frame history."""
         src = self._source(source)
         c = controls or Controls()
         if c.driving_video is not None:
@@ -777,7 +779,7 @@ class Generator:
         self.last_stream_stats = stats = {}
         for feats, n in _windows_from_chunks(self.features, audio_chunks, stats):
             raw = mw.step(feats, n)
-            yield np.concatenate(list(self.render(raw, src)))
+            yield from self.render(raw, src)
 
     # ------------------------------------------------------------------ output
 
