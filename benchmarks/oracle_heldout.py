@@ -13,7 +13,7 @@ import time
 
 def main(argv):
     from vasa_jax.config_util import load_config
-    from vasa_jax.eval import evaluators, oracle
+    from vasa_jax.eval import oracle
 
     out = os.path.abspath(argv[1])
     rest = argv[2:]
@@ -25,9 +25,8 @@ def main(argv):
     t = time.perf_counter()
     if measure:
         o = oracle.Oracle.load(measure)
-        held = evaluators.render_clips("held_out", cfg["test_identities"] * 2, cfg["test_frames"],
-                                       cfg["resolution"], cfg["seed"] + 1, clips_per_identity=2)
-        metrics = dict(held_out=oracle.oracle_accuracy(o, held), trained=o.meta.get("train"))
+        metrics = dict(held_out=oracle.oracle_accuracy(o, oracle.held_out_clips(cfg)),
+                       trained=o.meta.get("train"))
     else:
         metrics = oracle.train_oracle(cfg, os.path.splitext(out)[0], log_fn=lambda h: print(
             time.strftime("%H:%M:%S"), h, flush=True))

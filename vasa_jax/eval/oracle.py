@@ -248,12 +248,16 @@ def train_oracle(config: Mapping[str, Any], out_dir: str, log_fn=None) -> dict:
 
     import optax
 
-    from vasa_jax.eval import evaluators
+    from vasa_jax.losses import motion_contrastive_loss as contrastive_loss
 
     cfg = dict(config)
     ocfg = OracleConfig(image_size=cfg["image_size"], channels=tuple(cfg["channels"]),
                         hidden=cfg["hidden"], id_dim=cfg["id_dim"],
                         blocks=int(cfg.get("blocks", 1)))
+    fpi = int(cfg["frames_per_identity"])
+    if fpi < 2:
+        raise ConfigError("oracle.frames_per_identity must be ≥ 2: the identity loss pairs two "
+                          "frames of each face")
     t0 = time.perf_counter()
     data = training_frames(cfg["identities"], cfg["frames_per_identity"], cfg["tracks"],
                            cfg["track_frames"], cfg["resolution"], cfg["seed"],
@@ -280,10 +284,7 @@ def train_oracle(config: Mapping[str, Any], out_dir: str, log_fn=None) -> dict:
         # Identity: rows 2k and 2k+1 are two frames of one face (other pose, emotion, mouth);
         # symmetric InfoNCE between the two halves — scales to any number of identities.
         z = o["identity"]
-        logits = z[0::2] @ z[1::2].T / temp
-        lab = jnp.arange(logits.shape[0])
-        idl = -(jnp.mean(jax.nn.log_softmax(logits, 1)[lab, lab])
-                + jnp.mean(jax.nn.log_softmax(logits, 0)[lab, lab])) / 2
+        idl = contrastive_loss(z[0::2], z[1::2], temp)
         return reg + ce + cfg["id_weight"] * idl, (reg, ce, idl)
 
     @jax.jit
@@ -297,10 +298,6 @@ def train_oracle(config: Mapping[str, Any], out_dir: str, log_fn=None) -> dict:
 
     rng = np.random.default_rng(cfg["seed"])
     key = jax.random.key(int(cfg["seed"]))
-    fpi = int(cfg["frames_per_identity"])
-    if fpi < 2:
-        raise ConfigError("oracle.frames_per_identity must be ≥ 2: the identity loss pairs two "
-                          "frames of each face")
     history = []
     t1 = time.perf_counter()
     for s in range(1, cfg["steps"] + 1):
@@ -317,17 +314,24 @@ def train_oracle(config: Mapping[str, Any], out_dir: str, log_fn=None) -> dict:
     train_s = time.perf_counter() - t1
     net = nnx.merge(graphdef, params)
     oracle = Oracle(net)
-    # Held-out: two clips per identity (identity matching needs a gallery and a query clip).
-    held = evaluators.render_clips("held_out", cfg["test_identities"] * 2, cfg["test_frames"],
-                                   cfg["resolution"], cfg["seed"] + 1, clips_per_identity=2)
     metrics = dict(train=dict(history[-1], frames=int(len(frames)),
                               render_seconds=round(render_s, 1), train_seconds=round(train_s, 1)),
-                   held_out=oracle_accuracy(oracle, held))
+                   held_out=oracle_accuracy(oracle, held_out_clips(cfg)))
     from vasa_jax.eval.evaluators import save_params
 
     save_params(out_dir, net, dict(kind="synthtalk_oracle", config=dataclasses.asdict(ocfg),
                                    train=dict(cfg), metrics=metrics))
     return metrics
+
+
+def held_out_clips(config: Mapping[str, Any]) -> list[dict]:
+    """The oracle's held-out clips for a config (test_identities, test_frames, resolution,
+    seed): two clips per identity (identity matching needs a gallery and a query clip)."""
+    from vasa_jax.eval import evaluators
+
+    return evaluators.render_clips("held_out", config["test_identities"] * 2,
+                                   config["test_frames"], config["resolution"],
+                                   config["seed"] + 1, clips_per_identity=2)
 
 
 def oracle_accuracy(oracle: Oracle, clips: list[dict]) -> dict:
