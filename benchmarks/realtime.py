@@ -322,10 +322,20 @@ def render_functions(graphdef, r: int, warp_dt, dec_dt) -> dict:
     def split(m):
         return m[:, :POSE_DIM], m[:, POSE_DIM:].astype(warp_dt)
 
+    def skip_inputs(src, grid):
+        """A model with a source skip (model.skip_channels > 0): (f_src, each driver voxel's
+        source position) for the decoder; None without one."""
+        if "f_src" not in src:
+            return None
+        pos = trilinear_sample(rep(src["g_s2c"]), grid, padding_mode="border")
+        return rep(src["f_src"]).astype(dec_dt), pos.astype(dec_dt)
+
     def fused(sw, sd, src, motion):
-        volume = trilinear_sample(rep(src["v_can"]), grid_c2d(sw, src, motion))
+        grid = grid_c2d(sw, src, motion)
+        volume = trilinear_sample(rep(src["v_can"]), grid)
         dyn = motion[:, POSE_DIM:].astype(dec_dt)
-        return quantise(nnx.merge(graphdef, sd).decoder(volume.astype(dec_dt), dyn))
+        return quantise(nnx.merge(graphdef, sd).decoder(volume.astype(dec_dt), dyn,
+                                                        skip_inputs(src, grid)))
 
     def warp_s2c(sw, src):
         model = nnx.merge(graphdef, sw)
@@ -342,12 +352,12 @@ def render_functions(graphdef, r: int, warp_dt, dec_dt) -> dict:
     def decoder_3d(sd, volume):
         return nnx.merge(graphdef, sd).decoder.run3d(volume.astype(dec_dt))
 
-    def decoder_2d(sd, volume, motion):   # Decoder.__call__ after its 3D blocks
+    def decoder_2d(sd, volume, motion, skip=None):   # Decoder.__call__ after its 3D blocks
         dyn = motion[:, POSE_DIM:].astype(dec_dt)
-        return quantise(nnx.merge(graphdef, sd).decoder.run2d(volume.astype(dec_dt), dyn))
+        return quantise(nnx.merge(graphdef, sd).decoder.run2d(volume.astype(dec_dt), dyn, skip))
 
     return dict(fused=fused, warp_s2c=warp_s2c, grid_c2d=grid_c2d, warp_c2d=warp_c2d,
-                decoder_3d=decoder_3d, decoder_2d=decoder_2d)
+                decoder_3d=decoder_3d, decoder_2d=decoder_2d, skip_inputs=skip_inputs)
 
 
 class RenderPath:
@@ -380,7 +390,10 @@ class RenderPath:
         grid = jax.jit(fn["grid_c2d"])(sw, src, mo)
         self.pieces["trilinear_sample"] = Piece(trilinear_sample, v_can, grid)
         self.pieces["decoder_3d"] = p = Piece(fn["decoder_3d"], sd, v_drv)
-        self.pieces["decoder_2d"] = Piece(fn["decoder_2d"], sd, p(), mo)
+        # A source skip's inputs (one 3-channel sampling at volume resolution) are made here,
+        # outside the timed pieces; the fused decode includes them.
+        skip = jax.jit(fn["skip_inputs"])(src, grid)
+        self.pieces["decoder_2d"] = Piece(fn["decoder_2d"], sd, p(), mo, skip)
         chained = np.asarray(self.pieces["decoder_2d"]())
         # The pieces must compose to the fused decode (fusion may move a rounding by a level).
         self.chain_max_diff = int(np.abs(chained.astype(int) - self.images.astype(int)).max())
@@ -659,6 +672,11 @@ def abstract_costs(variant: str, render_batch: int | None) -> dict:
                z_pose=sds(1, POSE_DIM), z_dyn=sds(1, int(fcfg.dyn_dim)))
     src["v_can"] = jax.eval_shape(lambda s, x: nnx.merge(f_def, s).to_canonical(
         x["v_app"], x["z_id"], x["z_pose"], x["z_dyn"]), f_state, src)
+    skip_ch, size = int(fcfg.get("skip_channels", 0)), int(fcfg.image_size)
+    skip = None
+    if skip_ch:   # a source skip: its cached features and the source → canonical grid
+        src.update(f_src=sds(1, size, size, skip_ch), g_s2c=sds(1, d, vs, vs, 3))
+        skip = (sds(r, size, size, skip_ch), sds(r, d, vs, vs, 3))
     mo, vol = sds(r, dx), sds(r, d, vs, vs, c)
     fn = render_functions(f_def, r, jnp.float32, jnp.float32)
     render = stats(fn["fused"], f_state, f_state, src, mo)
@@ -666,7 +684,7 @@ def abstract_costs(variant: str, render_batch: int | None) -> dict:
                   warp_c2d=stats(fn["warp_c2d"], f_state, src, vol, mo),
                   trilinear_sample=stats(trilinear_sample, vol, sds(r, d, vs, vs, 3)),
                   decoder_3d=stats(fn["decoder_3d"], f_state, vol),
-                  decoder_2d=stats(fn["decoder_2d"], f_state, vol, mo))
+                  decoder_2d=stats(fn["decoder_2d"], f_state, vol, mo, skip))
     per_frame = {n: v["flops"] and v["flops"] / r for n, v in pieces.items()}
 
     # DiT: one guided evaluation (CFG audio + gaze: 3 model evaluations batched) × steps.

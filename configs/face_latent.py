@@ -106,7 +106,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         head_pose=0.0,
         # Local L1 around the driver's mouth / eyes (LivePortrait-style regional losses): the
         # landmarks come from SynthTalk's truth here, from a landmark detector on real data.
-        mouth=0.0, eyes=0.0))
+        mouth=0.0, eyes=0.0,
+        # Anchors z_dyn[:, :2] to the frame's mouth opening and eye closure (0…1): SynthTalk's
+        # truth here, a landmark detector's lip/eyelid distances on real video (not yet).
+        expression=0.0))
     # Window of the mouth/eye losses: Gaussian sigma as a fraction of the inter-ocular distance.
     config.region_sigma = 0.3
     config.identity_net = ""

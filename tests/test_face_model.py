@@ -238,3 +238,68 @@ def test_decoder_conditioned_on_z_dyn():
         np.testing.assert_allclose(np.asarray(c), np.asarray(b), atol=1e-6)
         outs[cond] = float(jnp.abs(a - b).max())
     assert outs["none"] < 1e-6 and outs["dyn"] > 1e-3, outs
+
+
+def test_source_skip_cached_decode_and_missing_features():
+    """model.skip_channels > 0: encode returns f_src; the cached path (v_can and g_s2c from
+    to_canonical) renders the same images as the full decode; leaving f_src out is a one-line
+    ConfigError, not a shape error deep in the decoder."""
+    cfg, model = _make_test_model(skip_channels=8, decoder_cond="dyn")
+    src, drv = _images(jax.random.key(5), 2, cfg.image_size), _images(jax.random.key(6), 2,
+                                                                        cfg.image_size)
+    e, d = model.encode(src), model.encode(drv)
+    chex.assert_shape(e["f_src"], (2, cfg.image_size, cfg.image_size, 8))
+    full = model.decode_latents(e, d["z_pose"], d["z_dyn"])
+    v_can, g_s2c = model.to_canonical(e["v_app"], e["z_id"], e["z_pose"], e["z_dyn"],
+                                      return_grid=True)
+    cached = model.decode_canonical(v_can, e["z_id"], d["z_pose"], d["z_dyn"],
+                                    f_src=e["f_src"], g_s2c=g_s2c)
+    np.testing.assert_allclose(np.asarray(cached), np.asarray(full), rtol=0, atol=1e-6)
+    # The skip changes the image: other source features, other pixels.
+    other = model.decode(e["v_app"], e["z_id"], e["z_pose"], e["z_dyn"], d["z_pose"],
+                         d["z_dyn"], f_src=e["f_src"][::-1])
+    assert float(jnp.abs(other - full).max()) > 1e-3
+    with pytest.raises(ConfigError, match="skip"):
+        model.decode(e["v_app"], e["z_id"], e["z_pose"], e["z_dyn"], d["z_pose"], d["z_dyn"])
+    with pytest.raises(ConfigError, match="skip_channels"):
+        _make_test_model(skip_channels=-1)
+
+
+def test_source_skip_follows_the_warp_geometry():
+    """The skip samples f_src where each driver pixel comes from: with source positions equal
+    to the volume's own grid it returns f_src, and with the grid moved by 4 image pixels along
+    x (a head translated by -4 px) the features move with it, away from the border where the
+    16² → 64² flow is clamped. Any depth weights give this, since all depths agree."""
+    cfg, model = _make_test_model(skip_channels=8)
+    dec = model.decoder
+    s, vs, d = cfg.image_size, cfg.volume_size, cfg.volume_depth
+    f_src = jax.random.normal(jax.random.key(7), (2, s, s, 8))
+    x = jax.random.normal(jax.random.key(8), (2, vs, vs, cfg.decoder_channels))
+    grid = jnp.broadcast_to(identity_grid(d, vs, vs), (2, d, vs, vs, 3))
+    same = dec.skip_features(x, (f_src, grid))
+    np.testing.assert_allclose(np.asarray(same[:, 4:-4, 4:-4]), np.asarray(f_src[:, 4:-4, 4:-4]),
+                               atol=1e-5)
+    moved = dec.skip_features(x, (f_src, grid + jnp.array([8.0 / s, 0.0, 0.0])))
+    np.testing.assert_allclose(np.asarray(moved[:, 6:-6, 6:-10]),
+                               np.asarray(f_src[:, 6:-6, 10:-6]), atol=1e-5)
+
+
+def test_source_skip_blend_passes_the_source_through():
+    """model.skip_blend: out = m·warp(source) + (1 − m)·drawn. At initialisation both warps are
+    the identity (zero pose head, zero flows), so with the mask forced open the reconstruction
+    of a frame from itself is the frame, away from the border where the flow is clamped."""
+    cfg, model = _make_test_model(skip_channels=4, skip_blend=True)
+    img = _images(jax.random.key(9), 2, cfg.image_size)
+    e = model.encode(img)
+    assert e["f_src"].shape[-1] == 3 + 4
+    np.testing.assert_array_equal(np.asarray(e["z_pose"]), 0.0)
+    bias = model.decoder.to_rgb.bias
+    bias[...] = bias[...].at[3].set(50.0)   # mask logit: sigmoid(50) = 1 in float32
+    out = model.decode_latents(e, e["z_pose"], e["z_dyn"])
+    np.testing.assert_allclose(np.asarray(out[:, 4:-4, 4:-4]), np.asarray(img[:, 4:-4, 4:-4]),
+                               atol=1e-5)
+    bias[...] = bias[...].at[3].set(-50.0)  # mask shut: only what the decoder draws (in tanh)
+    drawn = model.decode_latents(e, e["z_pose"], e["z_dyn"])
+    assert float(jnp.abs(drawn - out).max()) > 1e-2 and float(jnp.abs(drawn).max()) < 1.0
+    with pytest.raises(ConfigError, match="skip_blend"):
+        _make_test_model(skip_blend=True)

@@ -276,3 +276,16 @@ def test_facial_region_losses_scale_with_the_face():
     eye_err = target.at[0, 23:29, 20:26].set(1.0)  # around (-0.3, -0.2)
     terms = L.facial_region_losses(eye_err, target, lm, 0.3)
     assert float(terms["eyes"]) > 10 * float(terms["mouth"])
+
+
+def test_expression_loss_known_value():
+    """loss.expression anchors z_dyn[:, :2] to (mouth opening, eye closure): mean |difference|
+    over those components only; the rest of z_dyn is free."""
+    from vasa_jax.losses import expression_loss
+
+    z = jnp.array([[0.5, 0.0, 9.0], [0.25, 1.0, -9.0]])
+    target = jnp.array([[0.5, 0.5], [0.75, 1.0]])
+    assert float(expression_loss(z, target)) == pytest.approx((0.5 + 0.5) / 4)
+    assert float(expression_loss(z, z[:, :2])) == 0.0
+    with pytest.raises(ValueError, match="expression_loss"):
+        expression_loss(z, target[:1])

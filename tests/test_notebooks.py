@@ -33,3 +33,4 @@ def test_quickstart_runs(monkeypatch, tmp_path):
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
     assert (work / "quickstart_run" / "demo.mp4").is_file()
     assert (work / "quickstart_run" / "demo.json").is_file()
+    assert (work / "quickstart_run" / "demo_mouth.png").is_file()

@@ -15,7 +15,7 @@ import pytest
 from vasa_jax.config_util import load_config, set_fields
 from vasa_jax.train.common import NonFiniteLossError, read_metrics
 from vasa_jax.train import loop
-from vasa_jax.train.face_latent import build_state_fns, train
+from vasa_jax.train.face_latent import build_state_fns, restore_generator, train
 
 CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "face_latent.py")
 
@@ -115,13 +115,19 @@ def test_cross_identity_loss_with_a_trained_identity_net(tmp_path, data_dir):
     # A ~0 s time budget as well: training stops right after the second step and saves it.
     train(_config(data_dir, steps=50, identity_net=os.path.join(id_dir, "identity_net"),
                   max_train_minutes=1e-9, ckpt_every=100,
-                  **{"loss.cross_id": 0.5, "loss.head_pose": 1.0}), workdir)
+                  **{"loss.cross_id": 0.5, "loss.head_pose": 1.0, "loss.expression": 1.0,
+                     "model.skip_channels": 4}), workdir)
     rows = read_metrics(workdir)
     assert [r["step"] for r in rows] == [1, 2] and rows[-1]["train_minutes"] >= 0.0
     assert "2" in os.listdir(os.path.join(workdir, "checkpoints"))
     assert all(0.0 <= r["cross_id"] <= 2.0 for r in rows)
     # The head-pose term is on too: |angles| / 30° of an untrained encoder vs SynthTalk's truth.
     assert all(0.0 < r["head_pose"] < 3.0 for r in rows)
+    # So are the expression anchor (|z_dyn[:, :2] − (mouth opening, blink)|, both 0…1, of an
+    # untrained encoder) and the source skip (its encoder is in the checkpoint).
+    assert all(0.0 < r["expression"] < 5.0 for r in rows)
+    gen = restore_generator(workdir)[0]
+    assert gen.skip == 4 and gen.skip_encoder.conv1.kernel[...].shape == (3, 3, 3, 4)
 
 
 def test_cross_identity_weight_without_a_network_is_refused(tmp_path, data_dir):

@@ -168,7 +168,8 @@ def _demo(args) -> int:
                  minutes_stage2=args.minutes_stage2, watermark=not args.no_watermark)
     m = r["metrics"]
     mc = m["mouth_correlation"]
-    print(f"wrote {r['video']} and {r['contact_sheet']} (timings, s: {r['timings_s']})")
+    print(f"wrote {r['video']}, {r['contact_sheet']} and {r['mouth_sheet']} "
+          f"(timings, s: {r['timings_s']})")
     print(f"held-out clips: {m['clips']}; mouth-opening correlation with the speech's ground "
           f"truth: generated video {mc['generated_video']['mean']:+.3f}, from another clip's "
           f"audio {mc['other_audio_video']['mean']:+.3f}, real latents "

@@ -67,10 +67,13 @@ def consistency_loss(decode_fn: DecodeFn, enc_i: Encoding, enc_j: Encoding) -> j
     the same target motion from each frame's own appearance — and returns their mean L1.
     enc_*: dicts with `v_app`, `z_id`, `z_pose`, `z_dyn` (batched, any shapes decode_fn takes).
     """
+    def skip(enc):  # a model with a source skip also takes its f_src
+        return {"f_src": enc["f_src"]} if "f_src" in enc else {}
+
     from_j = decode_fn(enc_j["v_app"], enc_j["z_id"], enc_j["z_pose"], enc_j["z_dyn"],
-                       enc_i["z_pose"], enc_j["z_dyn"])
+                       enc_i["z_pose"], enc_j["z_dyn"], **skip(enc_j))
     from_i = decode_fn(enc_i["v_app"], enc_i["z_id"], enc_i["z_pose"], enc_i["z_dyn"],
-                       enc_i["z_pose"], enc_j["z_dyn"])
+                       enc_i["z_pose"], enc_j["z_dyn"], **skip(enc_i))
     return l1_loss(from_j, from_i)
 
 
@@ -105,6 +108,16 @@ def head_pose_loss(z_pose: jax.Array, rotation_deg: jax.Array, scale_deg: float 
     if z_pose.shape[0] != rotation_deg.shape[0] or rotation_deg.shape[-1] != 3:
         raise ValueError(f"head_pose_loss: z_pose {z_pose.shape} vs rotation {rotation_deg.shape}")
     return jnp.mean(jnp.abs(z_pose[:, :3] - rotation_deg)) / scale_deg
+
+
+def expression_loss(z_dyn: jax.Array, target: jax.Array) -> jax.Array:
+    """Anchors the first K components of z_dyn to measured expression values (mouth opening,
+    eye closure; each 0…1): mean |z_dyn[:, :K] − target|. target: [B, K]. On SynthTalk the
+    values are its ground truth; on real video they would come from a landmark detector's lip
+    and eyelid distances (LivePortrait's retargeting ratios). The other components stay free."""
+    if target.ndim != 2 or z_dyn.shape[0] != target.shape[0] or target.shape[1] > z_dyn.shape[1]:
+        raise ValueError(f"expression_loss: z_dyn {z_dyn.shape} vs target {target.shape}")
+    return jnp.mean(jnp.abs(z_dyn[:, :target.shape[1]] - target))
 
 
 def landmark_weight_map(landmarks: jax.Array, height: int, width: int, sigma: jax.Array

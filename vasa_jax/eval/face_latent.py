@@ -108,8 +108,7 @@ def _jitted(gen):
     @jax.jit
     def decode(state, src, drv):
         g = nnx.merge(graphdef, state)
-        img = g.decode(src["v_app"], src["z_id"], src["z_pose"], src["z_dyn"],
-                       drv["z_pose"], drv["z_dyn"])
+        img = g.decode_latents(src, drv["z_pose"], drv["z_dyn"])
         return jnp.clip(jnp.round((img + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
     return (lambda frames: encode(state, frames)), (lambda s, d: decode(state, s, d))

@@ -99,7 +99,7 @@ def evaluate(face_workdir: str, motion_workdir: str, out_dir: str | None = None,
         g = nnx.merge(g_def, state)
         b = z_pose.shape[0]
         rep = jax.tree.map(lambda a: jnp.repeat(a, b, 0), src)
-        img = g.decode(rep["v_app"], rep["z_id"], rep["z_pose"], rep["z_dyn"], z_pose, z_dyn)
+        img = g.decode_latents(rep, z_pose, z_dyn)
         return jnp.clip(jnp.round((img + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
     def render(src, motion_raw, batch=25):

@@ -479,8 +479,10 @@ class Generator:
             model = nnx.merge(f_def, state)
             lat = model.encode(images.astype(jnp.float32) / 127.5 - 1.0)
             # The source → canonical warp depends on the portrait only: done once, here.
-            lat["v_can"] = model.to_canonical(lat["v_app"], lat["z_id"], lat["z_pose"],
-                                              lat["z_dyn"])
+            lat["v_can"], lat["g_s2c"] = model.to_canonical(
+                lat["v_app"], lat["z_id"], lat["z_pose"], lat["z_dyn"], return_grid=True)
+            if "f_src" not in lat:
+                del lat["g_s2c"]   # only the source skip reads the grid again
             return lat
 
         def encode_motion(state, images):                # uint8 [R, S, S, 3]
@@ -493,9 +495,11 @@ class Generator:
             count("decode")
             model = nnx.merge(f_def, state)
             r = motion.shape[0]
-            rep = {k: jnp.broadcast_to(src[k], (r, *src[k].shape[1:])) for k in ("v_can", "z_id")}
+            rep = {k: jnp.broadcast_to(src[k], (r, *src[k].shape[1:]))
+                   for k in ("v_can", "z_id", "f_src", "g_s2c") if k in src}
             img = model.decode_canonical(rep["v_can"], rep["z_id"], motion[:, :POSE_DIM],
-                                         motion[:, POSE_DIM:])
+                                         motion[:, POSE_DIM:], f_src=rep.get("f_src"),
+                                         g_s2c=rep.get("g_s2c"))
             return jnp.clip(jnp.round((img + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
         self._encode = jax.jit(encode)

@@ -16,6 +16,14 @@ inverse of the source pose applied to the content, plus a non-rigid flow from (z
 z_id)), then to the driver by w_c→d (driver pose plus a flow from (z_dyn_drv, z_id)), then
 3D blocks → orthographic projection (depth folded into channels) → 2D decoder → tanh image.
 
+Optional source skip (`model.skip_channels` > 0; 0 or absent: off, MegaPortraits as is): a
+two-conv encoder keeps full-resolution source features `f_src` [B, S, S, c]; the decoder
+composes the two warps into each driver voxel's source position, projects those to a 2D
+flow with per-pixel depth weights it predicts (a softmax over D, uniform at initialisation),
+samples f_src there and joins it before its last full-resolution block. It carries the
+source's fine detail (eyes, lips, glasses) to the image by the same geometry as the volume,
+which the 3D path at volume resolution learns only after many steps (docs/face_latent.md).
+
 Use functionally:
     model = build_model(config.model, nnx.Rngs(0))
     graphdef, state = nnx.split(model)
@@ -83,6 +91,7 @@ def check_model_config(cfg: Any) -> int:
     check(stride in (1, 2, 4) and 2 * stride <= ratio and 2 ** cfg.encoder_downsamples >= stride,
           f"model.stem_stride={stride!r} is invalid: use 1, 2 or 4, at most half of "
           f"image_size/volume_size={ratio} and at most 2**encoder_downsamples")
+    skip_blend(cfg)
     return int(np.log2(ratio))
 
 
@@ -177,6 +186,44 @@ class AppearanceEncoder(nnx.Module):
         for block in self.blocks:
             v = block(v)
         return v
+
+
+class SkipEncoder(nnx.Module):
+    """image [B, S, S, 3] → full-resolution source features f_src [B, S, S, c] (two 3×3 convs);
+    with `keep_image` the image itself is prepended: [B, S, S, 3 + c]."""
+
+    def __init__(self, channels: int, *, rngs: nnx.Rngs, keep_image: bool = False):
+        self.keep_image = keep_image
+        self.conv1 = nnx.Conv(3, channels, (3, 3), rngs=rngs)
+        self.conv2 = nnx.Conv(channels, channels, (3, 3), rngs=rngs)
+
+    def __call__(self, image: jax.Array) -> jax.Array:
+        feats = self.conv2(nnx.silu(self.conv1(image)))
+        return jnp.concatenate([image, feats], axis=-1) if self.keep_image else feats
+
+
+def skip_channels(cfg: Any) -> int:
+    """`model.skip_channels` (0 or absent: no source skip)."""
+    c = cfg.get("skip_channels", 0)
+    check(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 0,
+          f"model.skip_channels={c!r} is invalid: use an integer >= 0 (0 turns the skip off)")
+    return int(c)
+
+
+def skip_blend(cfg: Any) -> bool:
+    """`model.skip_blend` (needs the skip): the decoder also predicts a mask and blends the
+    warped source image with what it draws — out = m·warp(source) + (1 − m)·drawn."""
+    b = bool(cfg.get("skip_blend", False))
+    check(not b or skip_channels(cfg) > 0,
+          "model.skip_blend needs the source skip: set model.skip_channels > 0")
+    return b
+
+
+def sample_2d(image: jax.Array, xy: jax.Array) -> jax.Array:
+    """Bilinear sampling of image [B, H, W, C] at normalised xy [B, Ho, Wo, 2] (zeros outside;
+    align_corners False, as `trilinear_sample`): [B, Ho, Wo, C]."""
+    grid = jnp.concatenate([xy, jnp.zeros_like(xy[..., :1])], axis=-1)[:, None]
+    return trilinear_sample(image[:, None], grid)[:, 0]
 
 
 class IdentityEncoder(nnx.Module):
@@ -317,10 +364,18 @@ class Decoder(nnx.Module):
         else:
             self.blocks2d = nnx.List([ResBlock2D(chs[-1], chs[-1], rngs=rngs)
                                       for _ in range(cfg.decoder_blocks2d)])
-        self.up = nnx.List([ResBlock2D(chs[i + 1], chs[i], rngs=rngs)
+        self.blend = skip_blend(cfg)
+        self.skip = skip_channels(cfg) + (3 if self.blend else 0)  # + the source image
+        if self.skip:
+            # Per-pixel weights over depth for projecting the 3D source positions to a 2D flow;
+            # zero kernel: the plain depth mean at initialisation.
+            self.skip_depth = nnx.Conv(chs[-1], cfg.volume_depth, (1, 1),
+                                       kernel_init=nnx.initializers.zeros, rngs=rngs)
+        self.up = nnx.List([ResBlock2D(chs[i + 1] + (self.skip if i == 0 else 0), chs[i],
+                                       rngs=rngs)
                             for i in reversed(range(n_up))])
         self.norm = nnx.GroupNorm(chs[0], num_groups(chs[0]), rngs=rngs)
-        self.to_rgb = nnx.Conv(chs[0], 3, (3, 3), rngs=rngs)
+        self.to_rgb = nnx.Conv(chs[0], 4 if self.blend else 3, (3, 3), rngs=rngs)
 
     def run3d(self, volume: jax.Array) -> jax.Array:
         """The 3D blocks on the warped volume."""
@@ -328,27 +383,56 @@ class Decoder(nnx.Module):
             volume = block(volume)
         return volume
 
-    def run2d(self, volume: jax.Array, z_dyn: jax.Array | None = None) -> jax.Array:
-        """Orthographic projection (depth folded into channels) and the 2D decoder."""
+    def skip_features(self, x: jax.Array, skip: tuple[jax.Array, jax.Array]) -> jax.Array:
+        """(f_src [B, S, S, c], source positions [B, D, S', S', 3]) and the projected features
+        x [B, S', S', ·] → f_src sampled along the depth-weighted 2D flow: [B, S, S, c]."""
+        f_src, src_xyz = skip
+        b, _, h, w, _ = src_xyz.shape
+        weights = jax.nn.softmax(self.skip_depth(x).astype(jnp.float32), axis=-1)  # [B,S',S',D]
+        xy = jnp.einsum("bhwd,bdhwk->bhwk", weights, src_xyz[..., :2].astype(jnp.float32))
+        size = f_src.shape[1]
+        xy = jax.image.resize(xy, (b, size, size, 2), "linear")
+        return sample_2d(f_src, xy.astype(f_src.dtype))
+
+    def run2d(self, volume: jax.Array, z_dyn: jax.Array | None = None,
+              skip: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        """Orthographic projection (depth folded into channels) and the 2D decoder. `skip`:
+        (f_src, source positions of each driver voxel), needed when model.skip_channels > 0."""
         check(self.cond == "none" or z_dyn is not None,
               "this decoder is conditioned on z_dyn (model.decoder_cond='dyn'): pass z_dyn")
+        check(not self.skip or skip is not None,
+              "this decoder has a source skip (model.skip_channels > 0): pass f_src from "
+              "encode() to decode / decode_canonical")
         b, d, h, w, c = volume.shape
         x = self.project(volume.transpose(0, 2, 3, 1, 4).reshape(b, h, w, d * c))
         for block in self.blocks2d:
             x = block(x, z_dyn.astype(x.dtype)) if self.cond == "dyn" else block(x)
-        for block in self.up:
-            x = block(upsample(x))
-        return jnp.tanh(self.to_rgb(nnx.silu(self.norm(x))))
+        feats = self.skip_features(x, skip) if self.skip else None
+        for i, block in enumerate(self.up):
+            x = upsample(x)
+            if feats is not None and i == len(self.up) - 1:
+                x = jnp.concatenate([x, feats.astype(x.dtype)], axis=-1)
+            x = block(x)
+        out = self.to_rgb(nnx.silu(self.norm(x)))
+        if self.blend:   # the first 3 channels of the warped skip are the warped source image
+            mask = jax.nn.sigmoid(out[..., 3:])
+            return mask * feats[..., :3].astype(out.dtype) + (1.0 - mask) * jnp.tanh(out[..., :3])
+        return jnp.tanh(out)
 
-    def __call__(self, volume: jax.Array, z_dyn: jax.Array | None = None) -> jax.Array:
-        return self.run2d(self.run3d(volume), z_dyn)
+    def __call__(self, volume: jax.Array, z_dyn: jax.Array | None = None,
+                 skip: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        return self.run2d(self.run3d(volume), z_dyn, skip)
 
 
 # ----------------------------------------------------------------------------- model
 
 class FaceLatentModel(nnx.Module):
     """Encoders + two warp generators + decoder. `__call__(source, driver)` reconstructs the
-    driver from the source's appearance/identity and the driver's motion."""
+    driver from the source's appearance/identity and the driver's motion.
+
+    With a source skip (`model.skip_channels` > 0) `encode` also returns `f_src`, and
+    `decode` / `decode_canonical` take it (`f_src=`); `decode_canonical` also needs the
+    source → canonical grid `g_s2c` that `to_canonical(..., return_grid=True)` returns."""
 
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
         check_model_config(cfg)
@@ -359,44 +443,69 @@ class FaceLatentModel(nnx.Module):
         self.warp_s2c = WarpGenerator(cfg, "source_to_canonical", rngs=rngs)
         self.warp_c2d = WarpGenerator(cfg, "canonical_to_driver", rngs=rngs)
         self.decoder = Decoder(cfg, rngs=rngs)
+        self.skip = skip_channels(cfg)
+        if self.skip:
+            self.skip_encoder = SkipEncoder(self.skip, rngs=rngs, keep_image=skip_blend(cfg))
 
     def encode_motion(self, image: jax.Array) -> tuple[jax.Array, jax.Array]:
         """image [B, S, S, 3] → (z_pose [B, 7], z_dyn [B, dyn_dim])."""
         return self.motion(image)
 
     def encode(self, image: jax.Array) -> dict[str, jax.Array]:
-        """image [B, S, S, 3] → dict(v_app, z_id, z_pose, z_dyn)."""
+        """image [B, S, S, 3] → dict(v_app, z_id, z_pose, z_dyn[, f_src])."""
         chex.assert_shape(image, (None, self.image_size, self.image_size, 3))
         z_pose, z_dyn = self.motion(image)
-        return dict(v_app=self.appearance(image), z_id=self.identity(image),
-                    z_pose=z_pose, z_dyn=z_dyn)
+        out = dict(v_app=self.appearance(image), z_id=self.identity(image),
+                   z_pose=z_pose, z_dyn=z_dyn)
+        if self.skip:
+            out["f_src"] = self.skip_encoder(image)
+        return out
 
-    def to_canonical(self, v_app, z_id, z_pose_src, z_dyn_src) -> jax.Array:
+    def to_canonical(self, v_app, z_id, z_pose_src, z_dyn_src, *, return_grid: bool = False):
         """V_app → canonical volume (w_s→c): [B, D, S', S', C]. Depends on the source only, so
-        generation computes it once per portrait (`decode_canonical` then renders frames)."""
-        return trilinear_sample(v_app, self.warp_s2c(z_pose_src, z_dyn_src, z_id))
+        generation computes it once per portrait (`decode_canonical` then renders frames).
+        return_grid: also return the grid g_s2c (which the source skip needs)."""
+        grid = self.warp_s2c(z_pose_src, z_dyn_src, z_id)
+        v_can = trilinear_sample(v_app, grid)
+        return (v_can, grid) if return_grid else v_can
+
+    def _render(self, v_can, g_s2c, z_id, z_pose_drv, z_dyn_drv, f_src) -> jax.Array:
+        g_c2d = self.warp_c2d(z_pose_drv, z_dyn_drv, z_id)
+        skip = None
+        if self.skip:
+            check(f_src is not None and g_s2c is not None,
+                  "this model has a source skip (model.skip_channels > 0): pass f_src from "
+                  "encode() (and g_s2c from to_canonical(..., return_grid=True))")
+            # Each driver voxel's position in the source: g_s2c read at g_c2d (both warps).
+            skip = (f_src, trilinear_sample(g_s2c, g_c2d, padding_mode="border"))
+        return self.decoder(trilinear_sample(v_can, g_c2d), z_dyn_drv, skip)
 
     def warp(self, v_app, z_id, z_pose_src, z_dyn_src, z_pose_drv, z_dyn_drv) -> jax.Array:
         """V_app → canonical (w_s→c) → driver (w_c→d): [B, D, S', S', C]."""
         v_can = self.to_canonical(v_app, z_id, z_pose_src, z_dyn_src)
         return trilinear_sample(v_can, self.warp_c2d(z_pose_drv, z_dyn_drv, z_id))
 
-    def decode(self, v_app, z_id, z_pose_src, z_dyn_src, z_pose_drv, z_dyn_drv) -> jax.Array:
-        """Cached source pieces + driver motion → image [B, S, S, 3] in (-1, 1)."""
-        return self.decoder(self.warp(v_app, z_id, z_pose_src, z_dyn_src, z_pose_drv, z_dyn_drv),
-                            z_dyn_drv)
+    def decode(self, v_app, z_id, z_pose_src, z_dyn_src, z_pose_drv, z_dyn_drv,
+               f_src=None) -> jax.Array:
+        """Source pieces + driver motion → image [B, S, S, 3] in (-1, 1)."""
+        v_can, g_s2c = self.to_canonical(v_app, z_id, z_pose_src, z_dyn_src, return_grid=True)
+        return self._render(v_can, g_s2c, z_id, z_pose_drv, z_dyn_drv, f_src)
 
-    def decode_canonical(self, v_can, z_id, z_pose_drv, z_dyn_drv) -> jax.Array:
+    def decode_latents(self, src: dict, z_pose_drv, z_dyn_drv) -> jax.Array:
+        """`decode` with the source's `encode` dict."""
+        return self.decode(src["v_app"], src["z_id"], src["z_pose"], src["z_dyn"],
+                           z_pose_drv, z_dyn_drv, f_src=src.get("f_src"))
+
+    def decode_canonical(self, v_can, z_id, z_pose_drv, z_dyn_drv, f_src=None,
+                         g_s2c=None) -> jax.Array:
         """Canonical volume (from `to_canonical`) + driver motion → image [B, S, S, 3];
         equal to `decode` with the same source, without redoing the source warp per frame."""
-        return self.decoder(trilinear_sample(v_can, self.warp_c2d(z_pose_drv, z_dyn_drv, z_id)),
-                            z_dyn_drv)
+        return self._render(v_can, g_s2c, z_id, z_pose_drv, z_dyn_drv, f_src)
 
     def __call__(self, source: jax.Array, driver: jax.Array) -> jax.Array:
         src = self.encode(source)
         z_pose_drv, z_dyn_drv = self.encode_motion(driver)
-        return self.decode(src["v_app"], src["z_id"], src["z_pose"], src["z_dyn"],
-                           z_pose_drv, z_dyn_drv)
+        return self.decode_latents(src, z_pose_drv, z_dyn_drv)
 
 
 def build_model(cfg: Any, rngs: nnx.Rngs) -> FaceLatentModel:
@@ -407,5 +516,6 @@ def build_model(cfg: Any, rngs: nnx.Rngs) -> FaceLatentModel:
 
 
 __all__ = ["AppearanceEncoder", "Decoder", "FaceLatentModel", "IdentityEncoder",
-           "MotionEncoder", "POSE_DIM", "WarpGenerator", "build_model", "check_model_config",
-           "invert_similarity", "pose_to_similarity", "rotation_from_angles"]
+           "MotionEncoder", "POSE_DIM", "SkipEncoder", "WarpGenerator", "build_model", "check_model_config",
+           "invert_similarity", "pose_to_similarity", "rotation_from_angles", "sample_2d",
+           "skip_blend", "skip_channels"]

@@ -74,6 +74,13 @@ def _to_float(images):
     return images.astype(jnp.float32) / 127.5 - 1.0
 
 
+def expression_target(batch, role: str) -> jax.Array:
+    """[B, 2]: the frame's mouth opening and eye closure (0…1), the values loss.expression
+    anchors z_dyn[:, :2] to."""
+    return jnp.stack([batch[f"{role}_mouth"][:, 0], batch[f"{role}_blink"]], axis=-1
+                     ).astype(jnp.float32)
+
+
 def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
     """Pure update functions: (state, batch) -> (state, metrics)."""
     g_def, d_def = graphdefs
@@ -83,10 +90,8 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
     def generate(gen, batch):
         src, drv, oth = (_to_float(batch[k]) for k in ("source", "driver", "other"))
         e_s, e_d, e_o = gen.encode(src), gen.encode(drv), gen.encode(oth)
-        recon = gen.decode(e_s["v_app"], e_s["z_id"], e_s["z_pose"], e_s["z_dyn"],
-                           e_d["z_pose"], e_d["z_dyn"])
-        cross = gen.decode(e_s["v_app"], e_s["z_id"], e_s["z_pose"], e_s["z_dyn"],
-                           e_o["z_pose"], e_o["z_dyn"])
+        recon = gen.decode_latents(e_s, e_d["z_pose"], e_d["z_dyn"])
+        cross = gen.decode_latents(e_s, e_o["z_pose"], e_o["z_dyn"])
         return src, drv, e_s, e_d, recon, cross
 
     def g_loss(g_params, state, batch):
@@ -110,6 +115,11 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
             terms["head_pose"] = losses.head_pose_loss(
                 jnp.concatenate([e_s["z_pose"], e_d["z_pose"]]),
                 jnp.concatenate([batch["source_rotation"], batch["driver_rotation"]]))
+        if w.get("expression", 0.0) > 0:
+            terms["expression"] = losses.expression_loss(
+                jnp.concatenate([e_s["z_dyn"], e_d["z_dyn"]]),
+                jnp.concatenate([expression_target(batch, "source"),
+                                 expression_target(batch, "driver")]))
         total, _ = losses.total_generator_loss(terms, dict(w))
         return total, (terms, recon)
 
@@ -212,6 +222,10 @@ def train(config, workdir: str) -> dict:
     check(config.loss.get("head_pose", 0.0) == 0 or "rotation" in first,
           "loss.head_pose needs per-frame head rotations, which this data set lacks (SynthTalk has "
           "them; real video needs a pose estimator): set --config.loss.head_pose=0")
+    check(config.loss.get("expression", 0.0) == 0 or ("mouth" in first and "blink" in first),
+          "loss.expression needs per-frame mouth opening and eye closure, which this data set "
+          "lacks (SynthTalk has them; real video needs a landmark detector): set "
+          "--config.loss.expression=0")
     data_iter = iter(pipelines.stage1_dataset(sources["train"], batch_size=local_batch,
                                               seed=config.seed))
 
@@ -242,6 +256,8 @@ def train(config, workdir: str) -> dict:
         keys += ["source_rotation", "driver_rotation"]  # the pose estimator's readings
     if config.loss.get("mouth", 0.0) > 0 or config.loss.get("eyes", 0.0) > 0:
         keys += ["driver_landmarks"]  # the landmark detector's readings
+    if config.loss.get("expression", 0.0) > 0:
+        keys += [f"{r}_{f}" for r in ("source", "driver") for f in ("mouth", "blink")]
 
     def to_device(batch):
         return pipelines.global_batch({k: batch[k] for k in keys}, mesh)
