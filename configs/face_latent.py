@@ -20,6 +20,10 @@ MODELS = {
         id_dim=32, dyn_dim=16, max_angle_deg=90.0, motion_pool="spatial", stem_stride=2,
         warp_channels=32, warp_upsamples=1, warp_blocks=1,
         decoder_channels=64, decoder_blocks3d=1, decoder_blocks2d=1, decoder_cond="none",
+        # Source skip (models/face.py; the demo turns it on): full-resolution source features
+        # sampled along the composed warps, joined before the decoder's last block; skip_blend
+        # also blends in the warped source image through a predicted mask. 0/False: off.
+        skip_channels=0, skip_blend=False,
     ),
     "vox512": dict(
         image_size=512, base_channels=64, max_channels=512,
@@ -28,6 +32,7 @@ MODELS = {
         id_dim=512, dyn_dim=256, max_angle_deg=90.0, motion_pool="spatial",
         warp_channels=512, warp_upsamples=2, warp_blocks=2,
         decoder_channels=768, decoder_blocks3d=6, decoder_blocks2d=5, decoder_cond="none",
+        skip_channels=0, skip_blend=False,
     ),
 }
 

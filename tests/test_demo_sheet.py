@@ -1,7 +1,7 @@
 """`vasa-jax demo`'s mouth sheet: the most shut and most open frames' mouths, enlarged."""
 import numpy as np
 
-from vasa_jax.demo import mouth_strip
+from vasa_jax.demo import mouth_strip, mouth_window_luminance
 
 
 def test_mouth_strip_picks_the_extremes_around_the_mouth():
@@ -19,3 +19,11 @@ def test_mouth_strip_picks_the_extremes_around_the_mouth():
     # The two smallest openings (frames 4, 1) then the two largest (frames 5, 2).
     assert [int(t[0, 0, 0]) for t in tiles] == [80, 20, 100, 40]
     assert all((t == t[0, 0]).all() for t in tiles)   # the crop sits inside the mouth window
+
+
+def test_mouth_window_luminance_reads_the_window_only():
+    frames = np.full((3, 64, 64, 3), 200, np.uint8)
+    frames[1, 36:45, 26:39] = 50      # frame 1: the 13×9 window on (32, 40) goes dark
+    frames[2, :, :20] = 0             # frame 2: a change away from the mouth
+    lum = mouth_window_luminance(frames, (32 / 32 - 1, 40 / 32 - 1))
+    np.testing.assert_allclose(lum, [200.0, 50.0, 200.0])

@@ -14,7 +14,7 @@ def test_synthtalk_tour_runs():
                    resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3
 
 
 def test_quickstart_runs(monkeypatch, tmp_path):
@@ -30,7 +30,7 @@ def test_quickstart_runs(monkeypatch, tmp_path):
                    resources={"metadata": {"path": str(work)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3
     assert (work / "quickstart_run" / "demo.mp4").is_file()
     assert (work / "quickstart_run" / "demo.json").is_file()
     assert (work / "quickstart_run" / "demo_mouth.png").is_file()

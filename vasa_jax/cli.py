@@ -170,6 +170,9 @@ def _demo(args) -> int:
     mc = m["mouth_correlation"]
     print(f"wrote {r['video']}, {r['contact_sheet']} and {r['mouth_sheet']} "
           f"(timings, s: {r['timings_s']})")
+    print(f"demo.mp4: audio energy vs the mouth opening read from the video "
+          f"r = {r['energy_mouth_correlation']:+.2f}; vs how much its mouth window darkens "
+          f"(pixels only) r = {r['energy_mouth_darkening_correlation']:+.2f}")
     print(f"held-out clips: {m['clips']}; mouth-opening correlation with the speech's ground "
           f"truth: generated video {mc['generated_video']['mean']:+.3f}, from another clip's "
           f"audio {mc['other_audio_video']['mean']:+.3f}, real latents "

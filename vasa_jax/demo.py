@@ -50,6 +50,18 @@ def _config(name: str, arg: str):
     return load_config(f"{path}:{arg}")
 
 
+def mouth_window_luminance(frames: np.ndarray, mouth_xy, half: tuple[int, int] | None = None
+                           ) -> np.ndarray:
+    """Mean luminance per frame of a small window on the portrait's mouth landmark (normalised
+    x right / y down): [T]. Default window 13×9 pixels at 64², scaled with the frame size."""
+    size = frames.shape[1]
+    hx, hy = half or (max(1, size * 6 // 64), max(1, size * 4 // 64))
+    cx = int((float(mouth_xy[0]) + 1) / 2 * size)
+    cy = int((float(mouth_xy[1]) + 1) / 2 * size)
+    win = frames[:, max(cy - hy, 0):cy + hy + 1, max(cx - hx, 0):cx + hx + 1]
+    return win.astype(np.float64).mean(axis=(1, 2, 3))
+
+
 def mouth_strip(frames: np.ndarray, opening: np.ndarray, mouth_xy, k: int = 4,
                 zoom: int = 4) -> np.ndarray:
     """The mouth region of the k frames with the least and the k with the most mouth opening
@@ -175,6 +187,10 @@ def run_demo(workdir: str = "vasa_demo", out: str = "demo.mp4", *,
     media.write_png(sheet_path, curves_sheet(
         result.frames, {"audio energy": rms, "mouth opening (probe)": mouth},
         title=f"held-out identity, held-out speech; r = {r:+.2f}"))
+    # The same from pixels alone, no learned reader: how much the mouth window darkens (an
+    # opening mouth shows its dark inside) against the audio energy.
+    pixel_r = motion_eval.pearson(rms, -mouth_window_luminance(result.frames,
+                                                               face_rec["landmarks"][0][3]))
     mouth_path = os.path.splitext(out)[0] + "_mouth.png"
     media.write_png(mouth_path, mouth_strip(result.frames, mouth, face_rec["landmarks"][0][3]))
     mark("generate", t)
@@ -186,7 +202,8 @@ def run_demo(workdir: str = "vasa_demo", out: str = "demo.mp4", *,
     mark("eval", t)
     timings["total"] = round(time.perf_counter() - t0, 1)
     result = dict(video=out, contact_sheet=sheet_path, mouth_sheet=mouth_path, timings_s=timings,
-                  energy_mouth_correlation=r, metrics=metrics)
+                  energy_mouth_correlation=r, energy_mouth_darkening_correlation=pixel_r,
+                  metrics=metrics)
     with open(os.path.join(workdir, "demo.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
     return result
