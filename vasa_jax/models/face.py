@@ -23,6 +23,8 @@ flow with per-pixel depth weights it predicts (a softmax over D, uniform at init
 samples f_src there and joins it before its last full-resolution block. It carries the
 source's fine detail (eyes, lips, glasses) to the image by the same geometry as the volume,
 which the 3D path at volume resolution learns only after many steps (docs/face_latent.md).
+`model.skip_blend` also keeps the source image in f_src and blends its warp with what the
+decoder draws through a predicted mask: out = m·warp(source) + (1 − m)·drawn.
 
 Use functionally:
     model = build_model(config.model, nnx.Rngs(0))
