@@ -14,7 +14,7 @@ def test_synthtalk_tour_runs():
                    resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
 
 
 def test_quickstart_runs(monkeypatch, tmp_path):
