@@ -675,6 +675,7 @@ def abstract_costs(variant: str, render_batch: int | None) -> dict:
     skip_ch, size = int(fcfg.get("skip_channels", 0)), int(fcfg.image_size)
     skip = None
     if skip_ch:   # a source skip: its cached features and the source → canonical grid
+        skip_ch += 3 if fcfg.get("skip_blend", False) else 0   # blending keeps the image too
         src.update(f_src=sds(1, size, size, skip_ch), g_s2c=sds(1, d, vs, vs, 3))
         skip = (sds(r, size, size, skip_ch), sds(r, d, vs, vs, 3))
     mo, vol = sds(r, dx), sds(r, d, vs, vs, c)
