@@ -82,12 +82,13 @@ def main():
 
         vs = cfg.volume_size
         sds = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
-        skip = cfg.get("skip_channels", 0)  # a source skip's cached features, else None
+        # A source skip's cached features (their shape from the model itself), else None.
+        f_src = jax.eval_shape(lambda st, x: nnx.merge(graphdef, st).encode(x),
+                               state, img).get("f_src")
         f_all, t_all = flops_of(forward, state, img, img)
         f_dec, t_dec = flops_of(decode, state, sds(b, cfg.volume_depth, vs, vs, cfg.volume_channels),
                                 sds(b, cfg.id_dim), sds(b, POSE_DIM), sds(b, cfg.dyn_dim),
-                                sds(b, POSE_DIM), sds(b, cfg.dyn_dim),
-                                sds(b, s, s, skip) if skip else None)
+                                sds(b, POSE_DIM), sds(b, cfg.dyn_dim), f_src)
         result.update(flops_per_frame=f_all, decode_flops_per_frame=f_dec,
                       compile_seconds=dict(forward=round(t_all, 1), decode=round(t_dec, 1)),
                       flops_note="XLA cost_analysis of the compiled batch-1 graph (CPU backend); "

@@ -85,7 +85,7 @@ from vasa_jax.inference.generate import (FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, Co
 from vasa_jax.inference.motion import WindowSampler
 from vasa_jax.models import audio as audio_lib
 from vasa_jax.models import motion_dit
-from vasa_jax.models.face import POSE_DIM
+from vasa_jax.models.face import POSE_DIM, source_positions
 from vasa_jax.models.face import build_model as build_face
 from vasa_jax.models.warp import trilinear_sample
 
@@ -327,7 +327,7 @@ def render_functions(graphdef, r: int, warp_dt, dec_dt) -> dict:
         source position) for the decoder; None without one."""
         if "f_src" not in src:
             return None
-        pos = trilinear_sample(rep(src["g_s2c"]), grid, padding_mode="border")
+        pos = source_positions(rep(src["g_s2c"]), grid)
         return rep(src["f_src"]).astype(dec_dt), pos.astype(dec_dt)
 
     def fused(sw, sd, src, motion):
@@ -670,14 +670,15 @@ def abstract_costs(variant: str, render_batch: int | None) -> dict:
     vs, d, c = int(fcfg.volume_size), int(fcfg.volume_depth), int(fcfg.volume_channels)
     src = dict(v_app=sds(1, d, vs, vs, c), z_id=sds(1, int(fcfg.id_dim)),
                z_pose=sds(1, POSE_DIM), z_dyn=sds(1, int(fcfg.dyn_dim)))
-    src["v_can"] = jax.eval_shape(lambda s, x: nnx.merge(f_def, s).to_canonical(
-        x["v_app"], x["z_id"], x["z_pose"], x["z_dyn"]), f_state, src)
-    skip_ch, size = int(fcfg.get("skip_channels", 0)), int(fcfg.image_size)
+    src["v_can"], g_s2c = jax.eval_shape(lambda s, x: nnx.merge(f_def, s).to_canonical(
+        x["v_app"], x["z_id"], x["z_pose"], x["z_dyn"], return_grid=True), f_state, src)
     skip = None
-    if skip_ch:   # a source skip: its cached features and the source → canonical grid
-        skip_ch += 3 if fcfg.get("skip_blend", False) else 0   # blending keeps the image too
-        src.update(f_src=sds(1, size, size, skip_ch), g_s2c=sds(1, d, vs, vs, 3))
-        skip = (sds(r, size, size, skip_ch), sds(r, d, vs, vs, 3))
+    if int(fcfg.get("skip_channels", 0)):   # a source skip: its cached features and grid
+        size = int(fcfg.image_size)
+        f_src = jax.eval_shape(lambda s, x: nnx.merge(f_def, s).skip_encoder(x), f_state,
+                               sds(1, size, size, 3))
+        src.update(f_src=f_src, g_s2c=g_s2c)
+        skip = (sds(r, *f_src.shape[1:]), sds(r, *g_s2c.shape[1:]))
     mo, vol = sds(r, dx), sds(r, d, vs, vs, c)
     fn = render_functions(f_def, r, jnp.float32, jnp.float32)
     render = stats(fn["fused"], f_state, f_state, src, mo)

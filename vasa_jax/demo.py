@@ -50,14 +50,18 @@ def _config(name: str, arg: str):
     return load_config(f"{path}:{arg}")
 
 
+def _pixel(xy, size: int) -> tuple[int, int]:
+    """Normalised (x right, y down, [-1, 1]) → the pixel (column, row) it falls in."""
+    return tuple(int((float(v) + 1) / 2 * size) for v in xy[:2])
+
+
 def mouth_window_luminance(frames: np.ndarray, mouth_xy, half: tuple[int, int] | None = None
                            ) -> np.ndarray:
     """Mean luminance per frame of a small window on the portrait's mouth landmark (normalised
     x right / y down): [T]. Default window 13×9 pixels at 64², scaled with the frame size."""
     size = frames.shape[1]
     hx, hy = half or (max(1, size * 6 // 64), max(1, size * 4 // 64))
-    cx = int((float(mouth_xy[0]) + 1) / 2 * size)
-    cy = int((float(mouth_xy[1]) + 1) / 2 * size)
+    cx, cy = _pixel(mouth_xy, size)
     win = frames[:, max(cy - hy, 0):cy + hy + 1, max(cx - hx, 0):cx + hx + 1]
     return win.astype(np.float64).mean(axis=(1, 2, 3))
 
@@ -71,9 +75,8 @@ def mouth_strip(frames: np.ndarray, opening: np.ndarray, mouth_xy, k: int = 4,
     n, size = len(frames), frames.shape[1]
     k = max(1, min(k, n // 2))
     w, h = size * 3 // 8, size // 4
-    cx = int(round((float(mouth_xy[0]) + 1) / 2 * size)) - w // 2
-    cy = int(round((float(mouth_xy[1]) + 1) / 2 * size)) - h // 2
-    cx, cy = min(max(cx, 0), size - w), min(max(cy, 0), size - h)
+    cx, cy = _pixel(mouth_xy, size)
+    cx, cy = min(max(cx - w // 2, 0), size - w), min(max(cy - h // 2, 0), size - h)
     order = np.argsort(opening)
     picks = list(order[:k]) + list(order[-k:])
     gap = np.full((h, 1, 3), 255, np.uint8)

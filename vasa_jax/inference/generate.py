@@ -479,10 +479,12 @@ class Generator:
             model = nnx.merge(f_def, state)
             lat = model.encode(images.astype(jnp.float32) / 127.5 - 1.0)
             # The source → canonical warp depends on the portrait only: done once, here.
-            lat["v_can"], lat["g_s2c"] = model.to_canonical(
-                lat["v_app"], lat["z_id"], lat["z_pose"], lat["z_dyn"], return_grid=True)
-            if "f_src" not in lat:
-                del lat["g_s2c"]   # only the source skip reads the grid again
+            canonical = model.to_canonical(lat["v_app"], lat["z_id"], lat["z_pose"],
+                                           lat["z_dyn"], return_grid="f_src" in lat)
+            if "f_src" in lat:   # the source skip reads the grid again per frame
+                lat["v_can"], lat["g_s2c"] = canonical
+            else:
+                lat["v_can"] = canonical
             return lat
 
         def encode_motion(state, images):                # uint8 [R, S, S, 3]

@@ -221,6 +221,12 @@ def skip_blend(cfg: Any) -> bool:
     return b
 
 
+def source_positions(g_s2c: jax.Array, g_c2d: jax.Array) -> jax.Array:
+    """Each driver voxel's position in the source volume: the source → canonical grid g_s2c
+    read at the canonical → driver grid g_c2d (both [B, D, S', S', 3]; the two warps composed)."""
+    return trilinear_sample(g_s2c, g_c2d, padding_mode="border")
+
+
 def sample_2d(image: jax.Array, xy: jax.Array) -> jax.Array:
     """Bilinear sampling of image [B, H, W, C] at normalised xy [B, Ho, Wo, 2] (zeros outside;
     align_corners False, as `trilinear_sample`): [B, Ho, Wo, C]."""
@@ -478,8 +484,7 @@ class FaceLatentModel(nnx.Module):
             check(f_src is not None and g_s2c is not None,
                   "this model has a source skip (model.skip_channels > 0): pass f_src from "
                   "encode() (and g_s2c from to_canonical(..., return_grid=True))")
-            # Each driver voxel's position in the source: g_s2c read at g_c2d (both warps).
-            skip = (f_src, trilinear_sample(g_s2c, g_c2d, padding_mode="border"))
+            skip = (f_src, source_positions(g_s2c, g_c2d))
         return self.decoder(trilinear_sample(v_can, g_c2d), z_dyn_drv, skip)
 
     def warp(self, v_app, z_id, z_pose_src, z_dyn_src, z_pose_drv, z_dyn_drv) -> jax.Array:
@@ -520,4 +525,4 @@ def build_model(cfg: Any, rngs: nnx.Rngs) -> FaceLatentModel:
 __all__ = ["AppearanceEncoder", "Decoder", "FaceLatentModel", "IdentityEncoder",
            "MotionEncoder", "POSE_DIM", "SkipEncoder", "WarpGenerator", "build_model", "check_model_config",
            "invert_similarity", "pose_to_similarity", "rotation_from_angles", "sample_2d",
-           "skip_blend", "skip_channels"]
+           "skip_blend", "skip_channels", "source_positions"]
