@@ -106,6 +106,19 @@ def test_encoder_variants(pool, stride):
     assert build_model(old, nnx.Rngs(0)).motion.pool == "mean"
 
 
+def test_motion_stem_stride_is_the_motion_encoders_own():
+    """model.motion_stem_stride=1 with stem_stride=2: the motion encoder's first stage runs at
+    full resolution (one more residual stage, same final map and code shapes) while the
+    appearance encoder keeps stride 2; 0 (the default) follows stem_stride."""
+    cfg, model = _make_test_model(stem_stride=2, motion_stem_stride=1)
+    _, same = _make_test_model(stem_stride=2, motion_stem_stride=0)
+    assert model.motion.trunk.stem.strides == 1 and model.appearance.stem.strides == 2
+    assert same.motion.trunk.stem.strides == 2
+    assert len(model.motion.trunk.blocks) == len(same.motion.trunk.blocks) + 1
+    z_pose, z_dyn = model.encode_motion(_images(jax.random.key(11), 2, cfg.image_size))
+    chex.assert_shape((z_pose, z_dyn), ((2, POSE_DIM), (2, cfg.dyn_dim)))
+
+
 def test_group_norms_keep_several_channels_per_group():
     from vasa_jax.models.layers import num_groups
     assert [num_groups(c) for c in (8, 16, 32, 64, 128, 512, 6)] == [2, 4, 8, 16, 32, 32, 1]
@@ -187,6 +200,7 @@ def optax_global_norm(tree) -> float:
     ("max_angle_deg", 0.0),
     ("encoder_downsamples", 7),
     ("stem_stride", 3),
+    ("motion_stem_stride", 3),
     ("motion_pool", "max"),
     ("decoder_cond", "id"),
 ])
@@ -201,6 +215,19 @@ def test_vox512_config_is_valid():
     assert check_model_config(cfg.model) == 3  # 512 → 64
     for key in ("l1", "perceptual", "gan", "feature_matching", "consist", "cross_id"):
         assert key in cfg.loss
+
+
+def test_tiny_guided_config_builds_its_model():
+    """The documented recipe's model: the skip with both copies and a full-resolution motion
+    stem; its losses include the head-position and four-value expression supervision."""
+    cfg = _load_config("tiny_guided")
+    model = build_model(cfg.model, nnx.Rngs(0))
+    assert model.decoder.blend and model.decoder.static and model.skip == 16
+    assert model.motion.trunk.stem.strides == 1 and model.appearance.stem.strides == 2
+    assert cfg.loss.head_position > 0 and cfg.loss.expression > 0 and cfg.expression_dims == 4
+    out = model(_images(jax.random.key(12), 1, cfg.model.image_size),
+                _images(jax.random.key(13), 1, cfg.model.image_size))
+    chex.assert_shape(out, (1, cfg.model.image_size, cfg.model.image_size, 3))
 
 
 def test_cached_canonical_volume_decodes_the_same(tiny):
@@ -303,3 +330,25 @@ def test_source_skip_blend_passes_the_source_through():
     assert float(jnp.abs(drawn - out).max()) > 1e-2 and float(jnp.abs(drawn).max()) < 1.0
     with pytest.raises(ConfigError, match="skip_blend"):
         _make_test_model(skip_blend=True)
+
+
+def test_source_skip_static_copies_the_portrait_where_it_is():
+    """model.skip_static: the unwarped source is a third choice of the blend. With its logit
+    forced up, a driver pose that turns and moves the head still gives the source image back
+    unchanged (a fixed background stays put), while the warped copy alone moves with the head;
+    with the logit forced down the output is the two-way blend, so the static copy is what
+    changed it. skip_static without skip_blend is a one-line ConfigError."""
+    cfg, model = _make_test_model(skip_channels=4, skip_blend=True, skip_static=True)
+    img = _images(jax.random.key(10), 2, cfg.image_size)
+    e = model.encode(img)
+    drv_pose = e["z_pose"] + jnp.array([20.0, 0.0, 10.0, 0.25, -0.1, 0.0, 0.2])
+    bias = model.decoder.to_rgb.bias
+    assert bias.shape == (3 + 2,)
+    bias[...] = bias[...].at[4].set(50.0)   # static logit: softmax weight 1 in float32
+    static = model.decode_latents(e, drv_pose, e["z_dyn"])
+    np.testing.assert_allclose(np.asarray(static), np.asarray(img), atol=1e-5)
+    bias[...] = bias[...].at[4].set(-50.0).at[3].set(50.0)  # only the warped copy
+    warped = model.decode_latents(e, drv_pose, e["z_dyn"])
+    assert float(jnp.abs(warped - img).mean()) > 0.05
+    with pytest.raises(ConfigError, match="skip_static"):
+        _make_test_model(skip_channels=4, skip_static=True)

@@ -278,6 +278,22 @@ def test_facial_region_losses_scale_with_the_face():
     assert float(terms["eyes"]) > 10 * float(terms["mouth"])
 
 
+def test_head_position_loss_known_value():
+    """loss.head_position: mean |(t_x, t_y, log s) of z_pose − (head centre, log(scale /
+    HEAD_SCALE_REF))| / 0.1; zero at the truth; mismatched shapes are refused."""
+    from vasa_jax.losses import HEAD_SCALE_REF, head_position_loss
+
+    trans = jnp.array([[0.1, -0.2], [0.0, 0.3]])
+    scale = jnp.array([HEAD_SCALE_REF, HEAD_SCALE_REF * np.e ** 0.3])
+    z = jnp.zeros((2, 7)).at[:, 3:5].set(trans).at[:, 6].set(jnp.log(scale / HEAD_SCALE_REF))
+    assert float(head_position_loss(z, trans, scale)) == pytest.approx(0.0, abs=1e-6)
+    # Off by 0.06 in t_x on one row and 0.3 in log-scale on the other: (0.06 + 0.3) / 6 / 0.1.
+    off = z.at[0, 3].add(0.06).at[1, 6].add(-0.3)
+    assert float(head_position_loss(off, trans, scale)) == pytest.approx(0.6, rel=1e-5)
+    with pytest.raises(ValueError, match="head_position_loss"):
+        head_position_loss(z, trans, scale[:1])
+
+
 def test_expression_loss_known_value():
     """loss.expression anchors z_dyn[:, :2] to (mouth opening, eye closure): mean |difference|
     over those components only; the rest of z_dyn is free."""
@@ -287,5 +303,8 @@ def test_expression_loss_known_value():
     target = jnp.array([[0.5, 0.5], [0.75, 1.0]])
     assert float(expression_loss(z, target)) == pytest.approx((0.5 + 0.5) / 4)
     assert float(expression_loss(z, z[:, :2])) == 0.0
+    # Squared (config.expression_squared): mean of squares / 0.1.
+    assert float(expression_loss(z, target, squared=True)) == pytest.approx(
+        (0.25 + 0.25) / 4 / 0.1, rel=1e-6)
     with pytest.raises(ValueError, match="expression_loss"):
         expression_loss(z, target[:1])

@@ -116,18 +116,23 @@ def test_cross_identity_loss_with_a_trained_identity_net(tmp_path, data_dir):
     train(_config(data_dir, steps=50, identity_net=os.path.join(id_dir, "identity_net"),
                   max_train_minutes=1e-9, ckpt_every=100,
                   **{"loss.cross_id": 0.5, "loss.head_pose": 1.0, "loss.expression": 1.0,
-                     "model.skip_channels": 4}), workdir)
+                     "expression_dims": 4, "loss.head_position": 1.0, "model.skip_channels": 4,
+                     "model.skip_blend": True, "model.skip_static": True}), workdir)
     rows = read_metrics(workdir)
     assert [r["step"] for r in rows] == [1, 2] and rows[-1]["train_minutes"] >= 0.0
     assert "2" in os.listdir(os.path.join(workdir, "checkpoints"))
     assert all(0.0 <= r["cross_id"] <= 2.0 for r in rows)
     # The head-pose term is on too: |angles| / 30° of an untrained encoder vs SynthTalk's truth.
     assert all(0.0 < r["head_pose"] < 3.0 for r in rows)
-    # So are the expression anchor (|z_dyn[:, :2] − (mouth opening, blink)|, both 0…1, of an
-    # untrained encoder) and the source skip (its encoder is in the checkpoint).
+    # So are the expression anchor (|z_dyn[:, :4] − (mouth opening, blink, mouth width,
+    # rounding)|, all 0…1, of an untrained encoder), the head-position term (|(t_x, t_y, log s)
+    # − truth| / 0.1 with a zero-initialised pose head) and the source skip with both copies
+    # (its encoder is in the checkpoint, the decoder has two blend logits).
     assert all(0.0 < r["expression"] < 5.0 for r in rows)
+    assert all(0.0 < r["head_position"] < 20.0 for r in rows)
     gen = restore_generator(workdir)[0]
     assert gen.skip == 4 and gen.skip_encoder.conv1.kernel[...].shape == (3, 3, 3, 4)
+    assert gen.decoder.static and gen.decoder.to_rgb.bias.shape == (5,)
 
 
 def test_cross_identity_weight_without_a_network_is_refused(tmp_path, data_dir):
@@ -135,6 +140,9 @@ def test_cross_identity_weight_without_a_network_is_refused(tmp_path, data_dir):
 
     with pytest.raises(ConfigError, match="identity_net"):
         train(_config(data_dir, steps=1, **{"loss.cross_id": 0.5}), str(tmp_path / "w"))
+    with pytest.raises(ConfigError, match="expression_dims"):
+        train(_config(data_dir, steps=1, expression_dims=3, **{"loss.expression": 1.0}),
+              str(tmp_path / "w2"))
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):

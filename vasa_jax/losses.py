@@ -110,14 +110,45 @@ def head_pose_loss(z_pose: jax.Array, rotation_deg: jax.Array, scale_deg: float 
     return jnp.mean(jnp.abs(z_pose[:, :3] - rotation_deg)) / scale_deg
 
 
-def expression_loss(z_dyn: jax.Array, target: jax.Array) -> jax.Array:
+# log of the image scale (focal / distance) that z_pose's log-scale 0 stands for: SynthTalk's
+# mid-range head (distance 3.3 at focal 2); any constant works, it only sets the canonical size.
+HEAD_SCALE_REF = 0.6
+
+
+def head_position_loss(z_pose: jax.Array, translation: jax.Array, scale: jax.Array,
+                       unit: float = 0.1) -> jax.Array:
+    """Supervision of z_pose's image-plane translation and log-scale (the rest of the head
+    pose; `head_pose_loss` covers the angles): mean |(t_x, t_y, log s) − truth| / unit.
+
+    z_pose: [B, 7] = (angles, t_x, t_y, t_z, log s), where the source → canonical warp samples
+    the source at s·R·p + t (models.face.pose_to_similarity), so (t_x, t_y) is where the head
+    centre lies in the image and s how large the head is. translation: [B, 2], the projected head
+    centre in normalised image coordinates (x right, y down, [-1, 1]); scale: [B], focal /
+    distance. On SynthTalk both are its truth; on real video a face tracker's head centre and
+    size (a 3DMM fit, or a face box) stand in. The depth t_z stays free.
+    """
+    if (z_pose.shape[0] != translation.shape[0] or translation.shape[-1] != 2
+            or scale.shape != (z_pose.shape[0],)):
+        raise ValueError(f"head_position_loss: z_pose {z_pose.shape} vs translation "
+                         f"{translation.shape} and scale {scale.shape}")
+    target = jnp.concatenate([translation, jnp.log(scale / HEAD_SCALE_REF)[:, None]], axis=-1)
+    pred = jnp.concatenate([z_pose[:, 3:5], z_pose[:, 6:7]], axis=-1)
+    return jnp.mean(jnp.abs(pred - target)) / unit
+
+
+def expression_loss(z_dyn: jax.Array, target: jax.Array, squared: bool = False,
+                    unit: float = 0.1) -> jax.Array:
     """Anchors the first K components of z_dyn to measured expression values (mouth opening,
-    eye closure; each 0…1): mean |z_dyn[:, :K] − target|. target: [B, K]. On SynthTalk the
-    values are its ground truth; on real video they would come from a landmark detector's lip
-    and eyelid distances (LivePortrait's retargeting ratios). The other components stay free."""
+    eye closure, …; each 0…1): mean |z_dyn[:, :K] − target|, or with `squared` mean (z_dyn[:,
+    :K] − target)² / unit. L1 regresses to the median, which for a rare event such as a blink
+    (the eyes are open in most frames) is "never": the squared form regresses to the mean. On
+    SynthTalk the values are its ground truth; on real video they would come from a landmark
+    detector's lip and eyelid distances (LivePortrait's retargeting ratios). The other
+    components stay free. target: [B, K]."""
     if target.ndim != 2 or z_dyn.shape[0] != target.shape[0] or target.shape[1] > z_dyn.shape[1]:
         raise ValueError(f"expression_loss: z_dyn {z_dyn.shape} vs target {target.shape}")
-    return jnp.mean(jnp.abs(z_dyn[:, :target.shape[1]] - target))
+    diff = z_dyn[:, :target.shape[1]] - target
+    return jnp.mean(jnp.square(diff)) / unit if squared else jnp.mean(jnp.abs(diff))
 
 
 def landmark_weight_map(landmarks: jax.Array, height: int, width: int, sigma: jax.Array

@@ -93,7 +93,11 @@ def check_model_config(cfg: Any) -> int:
     check(stride in (1, 2, 4) and 2 * stride <= ratio and 2 ** cfg.encoder_downsamples >= stride,
           f"model.stem_stride={stride!r} is invalid: use 1, 2 or 4, at most half of "
           f"image_size/volume_size={ratio} and at most 2**encoder_downsamples")
-    skip_blend(cfg)
+    m = _motion_stem_stride(cfg)
+    check(m in (1, 2, 4) and 2 ** cfg.encoder_downsamples >= m,
+          f"model.motion_stem_stride={m!r} is invalid: use 1, 2 or 4 (at most "
+          "2**encoder_downsamples), or 0 for model.stem_stride")
+    skip_static(cfg)
     return int(np.log2(ratio))
 
 
@@ -101,6 +105,13 @@ def _stem_stride(cfg: Any) -> int:
     """Stride of every encoder's first conv (`model.stem_stride`, default 1). 2 runs the first
     residual stage at half resolution — 4× fewer FLOPs where the 64² encoders spend most."""
     return int(cfg.get("stem_stride", 1))
+
+
+def _motion_stem_stride(cfg: Any) -> int:
+    """Stride of the motion encoder's first conv (`model.motion_stem_stride`, default
+    `stem_stride`): 1 keeps the full-resolution first stage where blinks and the mouth's width
+    are a pixel or two at 64², while the other encoders keep the cheaper stride."""
+    return int(cfg.get("motion_stem_stride", 0) or _stem_stride(cfg))
 
 
 def _stage_channels(base: int, max_ch: int, n: int) -> list[int]:
@@ -221,6 +232,19 @@ def skip_blend(cfg: Any) -> bool:
     return b
 
 
+def skip_static(cfg: Any) -> bool:
+    """`model.skip_static` (needs skip_blend): the unwarped source image is a third choice of
+    the blend — out = m_w·warp(source) + m_s·source + m_d·drawn, (m_w, m_s, m_d) a per-pixel
+    softmax. What does not move with the head (a fixed camera's background) is then copied
+    where it is instead of being carried along by the head's rigid warp, as face-vid2vid's
+    background keypoint (an identity flow in its mixture of motions) does."""
+    s = bool(cfg.get("skip_static", False))
+    check(not s or skip_blend(cfg),
+          "model.skip_static needs the blending skip: set model.skip_blend=True (and "
+          "model.skip_channels > 0)")
+    return s
+
+
 def source_positions(g_s2c: jax.Array, g_c2d: jax.Array) -> jax.Array:
     """Each driver voxel's position in the source volume: the source → canonical grid g_s2c
     read at the canonical → driver grid g_c2d (both [B, D, S', S', 3]; the two warps composed)."""
@@ -268,7 +292,7 @@ class MotionEncoder(nnx.Module):
               f"model.motion_pool={self.pool!r} is invalid: use 'mean' or 'spatial'")
         self.trunk = _Trunk2D(cfg.encoder_channels, cfg.encoder_max_channels,
                               cfg.encoder_downsamples, rngs=rngs, pool=self.pool == "mean",
-                              stem_stride=_stem_stride(cfg))
+                              stem_stride=_motion_stem_stride(cfg))
         feats = self.trunk.out_features
         if self.pool == "spatial":
             side = cfg.image_size // 2 ** cfg.encoder_downsamples
@@ -373,17 +397,22 @@ class Decoder(nnx.Module):
             self.blocks2d = nnx.List([ResBlock2D(chs[-1], chs[-1], rngs=rngs)
                                       for _ in range(cfg.decoder_blocks2d)])
         self.blend = skip_blend(cfg)
+        self.static = skip_static(cfg)
         self.skip = skip_channels(cfg) + (3 if self.blend else 0)  # + the source image
         if self.skip:
             # Per-pixel weights over depth for projecting the 3D source positions to a 2D flow;
             # zero kernel: the plain depth mean at initialisation.
             self.skip_depth = nnx.Conv(chs[-1], cfg.volume_depth, (1, 1),
                                        kernel_init=nnx.initializers.zeros, rngs=rngs)
-        self.up = nnx.List([ResBlock2D(chs[i + 1] + (self.skip if i == 0 else 0), chs[i],
+        # The last block also sees the unwarped source image when it may copy it (skip_static).
+        joined = self.skip + (3 if self.static else 0)
+        self.up = nnx.List([ResBlock2D(chs[i + 1] + (joined if i == 0 else 0), chs[i],
                                        rngs=rngs)
                             for i in reversed(range(n_up))])
         self.norm = nnx.GroupNorm(chs[0], num_groups(chs[0]), rngs=rngs)
-        self.to_rgb = nnx.Conv(chs[0], 4 if self.blend else 3, (3, 3), rngs=rngs)
+        # RGB, then one blend logit per copied image (warped source; unwarped source).
+        self.to_rgb = nnx.Conv(chs[0], 3 + int(self.blend) + int(self.static), (3, 3),
+                               rngs=rngs)
 
     def run3d(self, volume: jax.Array) -> jax.Array:
         """The 3D blocks on the warped volume."""
@@ -416,6 +445,8 @@ class Decoder(nnx.Module):
         for block in self.blocks2d:
             x = block(x, z_dyn.astype(x.dtype)) if self.cond == "dyn" else block(x)
         feats = self.skip_features(x, skip) if self.skip else None
+        if self.static:  # f_src's first 3 channels are the source image itself (keep_image)
+            feats = jnp.concatenate([feats, skip[0][..., :3].astype(feats.dtype)], axis=-1)
         for i, block in enumerate(self.up):
             x = upsample(x)
             if feats is not None and i == len(self.up) - 1:
@@ -423,8 +454,15 @@ class Decoder(nnx.Module):
             x = block(x)
         out = self.to_rgb(nnx.silu(self.norm(x)))
         if self.blend:   # the first 3 channels of the warped skip are the warped source image
-            mask = jax.nn.sigmoid(out[..., 3:])
-            return mask * feats[..., :3].astype(out.dtype) + (1.0 - mask) * jnp.tanh(out[..., :3])
+            drawn = jnp.tanh(out[..., :3])
+            # Softmax over (warped source, [unwarped source,] drawn) with the drawn logit at
+            # 0; with the blend alone this is sigmoid(logit) and 1 − sigmoid(logit).
+            logits = jnp.concatenate([out[..., 3:], jnp.zeros_like(out[..., :1])], -1)
+            m = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(out.dtype)
+            out = m[..., :1] * feats[..., :3].astype(out.dtype) + m[..., -1:] * drawn
+            if self.static:
+                out = out + m[..., 1:2] * feats[..., -3:].astype(out.dtype)
+            return out
         return jnp.tanh(out)
 
     def __call__(self, volume: jax.Array, z_dyn: jax.Array | None = None,
@@ -525,4 +563,4 @@ def build_model(cfg: Any, rngs: nnx.Rngs) -> FaceLatentModel:
 __all__ = ["AppearanceEncoder", "Decoder", "FaceLatentModel", "IdentityEncoder",
            "MotionEncoder", "POSE_DIM", "SkipEncoder", "WarpGenerator", "build_model", "check_model_config",
            "invert_similarity", "pose_to_similarity", "rotation_from_angles", "sample_2d",
-           "skip_blend", "skip_channels", "source_positions"]
+           "skip_blend", "skip_channels", "skip_static", "source_positions"]

@@ -74,11 +74,20 @@ def _to_float(images):
     return images.astype(jnp.float32) / 127.5 - 1.0
 
 
-def expression_target(batch, role: str) -> jax.Array:
-    """[B, 2]: the frame's mouth opening and eye closure (0…1), the values loss.expression
-    anchors z_dyn[:, :2] to."""
-    return jnp.stack([batch[f"{role}_mouth"][:, 0], batch[f"{role}_blink"]], axis=-1
-                     ).astype(jnp.float32)
+def expression_target(batch, role: str, dims: int = 2) -> jax.Array:
+    """[B, dims]: the values loss.expression anchors z_dyn[:, :dims] to (each 0…1): mouth
+    opening and eye closure, then (dims 4) mouth width and rounding."""
+    mouth = batch[f"{role}_mouth"]
+    cols = [mouth[:, 0], batch[f"{role}_blink"], mouth[:, 1], mouth[:, 2]][:dims]
+    return jnp.stack(cols, axis=-1).astype(jnp.float32)
+
+
+def expression_dims(config) -> int:
+    """`config.expression_dims`: how many z_dyn components loss.expression anchors (2 or 4)."""
+    dims = config.get("expression_dims", 2)
+    check(dims in (2, 4), f"expression_dims={dims!r} is invalid: use 2 (mouth opening, eye "
+          "closure) or 4 (+ mouth width and rounding)")
+    return int(dims)
 
 
 def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
@@ -115,11 +124,18 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
             terms["head_pose"] = losses.head_pose_loss(
                 jnp.concatenate([e_s["z_pose"], e_d["z_pose"]]),
                 jnp.concatenate([batch["source_rotation"], batch["driver_rotation"]]))
+        if w.get("head_position", 0.0) > 0:
+            terms["head_position"] = losses.head_position_loss(
+                jnp.concatenate([e_s["z_pose"], e_d["z_pose"]]),
+                jnp.concatenate([batch["source_translation"], batch["driver_translation"]]),
+                jnp.concatenate([batch["source_scale"], batch["driver_scale"]]))
         if w.get("expression", 0.0) > 0:
+            dims = expression_dims(config)
             terms["expression"] = losses.expression_loss(
                 jnp.concatenate([e_s["z_dyn"], e_d["z_dyn"]]),
-                jnp.concatenate([expression_target(batch, "source"),
-                                 expression_target(batch, "driver")]))
+                jnp.concatenate([expression_target(batch, "source", dims),
+                                 expression_target(batch, "driver", dims)]),
+                squared=config.get("expression_squared", False))
         total, _ = losses.total_generator_loss(terms, dict(w))
         return total, (terms, recon)
 
@@ -226,6 +242,13 @@ def train(config, workdir: str) -> dict:
           "loss.expression needs per-frame mouth opening and eye closure, which this data set "
           "lacks (SynthTalk has them; real video needs a landmark detector): set "
           "--config.loss.expression=0")
+    check(config.loss.get("head_position", 0.0) == 0
+          or ("translation" in first and "scale" in first),
+          "loss.head_position needs per-frame head centres and scales, which this data set lacks "
+          "(SynthTalk has them; real video needs a face tracker): set "
+          "--config.loss.head_position=0")
+    if config.loss.get("expression", 0.0) > 0:
+        expression_dims(config)
     data_iter = iter(pipelines.stage1_dataset(sources["train"], batch_size=local_batch,
                                               seed=config.seed))
 
@@ -254,6 +277,8 @@ def train(config, workdir: str) -> dict:
     keys = ["source", "driver", "other"]
     if config.loss.get("head_pose", 0.0) > 0:
         keys += ["source_rotation", "driver_rotation"]  # the pose estimator's readings
+    if config.loss.get("head_position", 0.0) > 0:
+        keys += [f"{r}_{f}" for r in ("source", "driver") for f in ("translation", "scale")]
     if config.loss.get("mouth", 0.0) > 0 or config.loss.get("eyes", 0.0) > 0:
         keys += ["driver_landmarks"]  # the landmark detector's readings
     if config.loss.get("expression", 0.0) > 0:
