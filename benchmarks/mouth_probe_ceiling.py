@@ -48,17 +48,15 @@ def mouth_geometry(records) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def r2(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    return 1.0 - ((y - pred) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
-
-
 def ceiling(x_train, y_train, x_test, y_test, ks=(5, 10, 20, 50, 100)) -> dict:
+    from vasa_jax.eval.face_latent import r2_score
+
     mean, std = x_train.mean(0), x_train.std(0) + 1e-9
     a, b = (x_train - mean) / std, (x_test - mean) / std
     order = np.argsort(((b[:, None, :] - a[None]) ** 2).sum(-1), axis=1)
     per_k = {}
     for k in ks:
-        per_k[k] = r2(y_test, y_train[order[:, :k]].mean(1))
+        per_k[k] = r2_score(y_test, y_train[order[:, :k]].mean(1))
     best = max(per_k, key=lambda k: per_k[k].mean())
     return dict(k=int(best), r2=float(per_k[best].mean()),
                 r2_per_dim=dict(zip(("opening", "width", "rounding"),

@@ -110,7 +110,7 @@ def head_pose_loss(z_pose: jax.Array, rotation_deg: jax.Array, scale_deg: float 
     return jnp.mean(jnp.abs(z_pose[:, :3] - rotation_deg)) / scale_deg
 
 
-# log of the image scale (focal / distance) that z_pose's log-scale 0 stands for: SynthTalk's
+# The image scale (focal / distance) that z_pose's log-scale 0 stands for: SynthTalk's
 # mid-range head (distance 3.3 at focal 2); any constant works, it only sets the canonical size.
 HEAD_SCALE_REF = 0.6
 

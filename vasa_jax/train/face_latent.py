@@ -90,6 +90,28 @@ def expression_dims(config) -> int:
     return int(dims)
 
 
+# Losses that read per-frame measurements (SynthTalk's truth; on real video a landmark detector,
+# pose estimator or face tracker): (loss weights, record fields, frames whose readings the batch
+# carries, the one-line error when the data lacks them). train() checks and loads from this.
+_SUPERVISION = (
+    (("mouth", "eyes"), ("landmarks",), ("driver",),
+     "loss.mouth/loss.eyes need per-frame face landmarks, which this data set lacks (SynthTalk "
+     "has them; real video needs a landmark detector): set --config.loss.mouth=0 "
+     "--config.loss.eyes=0"),
+    (("head_pose",), ("rotation",), ("source", "driver"),
+     "loss.head_pose needs per-frame head rotations, which this data set lacks (SynthTalk has "
+     "them; real video needs a pose estimator): set --config.loss.head_pose=0"),
+    (("expression",), ("mouth", "blink"), ("source", "driver"),
+     "loss.expression needs per-frame mouth opening and eye closure, which this data set "
+     "lacks (SynthTalk has them; real video needs a landmark detector): set "
+     "--config.loss.expression=0"),
+    (("head_position",), ("translation", "scale"), ("source", "driver"),
+     "loss.head_position needs per-frame head centres and scales, which this data set lacks "
+     "(SynthTalk has them; real video needs a face tracker): set "
+     "--config.loss.head_position=0"),
+)
+
+
 def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
     """Pure update functions: (state, batch) -> (state, metrics)."""
     g_def, d_def = graphdefs
@@ -230,23 +252,9 @@ def train(config, workdir: str) -> dict:
     data_dir = config.data.data_dir or os.path.join(workdir, "data")
     sources = builders.open_sources(config.data, data_dir, image_size=config.model.image_size)
     first = sources["train"][0]
-    check(not (config.loss.get("mouth", 0.0) > 0 or config.loss.get("eyes", 0.0) > 0)
-          or "landmarks" in first,
-          "loss.mouth/loss.eyes need per-frame face landmarks, which this data set lacks (SynthTalk "
-          "has them; real video needs a landmark detector): set --config.loss.mouth=0 "
-          "--config.loss.eyes=0")
-    check(config.loss.get("head_pose", 0.0) == 0 or "rotation" in first,
-          "loss.head_pose needs per-frame head rotations, which this data set lacks (SynthTalk has "
-          "them; real video needs a pose estimator): set --config.loss.head_pose=0")
-    check(config.loss.get("expression", 0.0) == 0 or ("mouth" in first and "blink" in first),
-          "loss.expression needs per-frame mouth opening and eye closure, which this data set "
-          "lacks (SynthTalk has them; real video needs a landmark detector): set "
-          "--config.loss.expression=0")
-    check(config.loss.get("head_position", 0.0) == 0
-          or ("translation" in first and "scale" in first),
-          "loss.head_position needs per-frame head centres and scales, which this data set lacks "
-          "(SynthTalk has them; real video needs a face tracker): set "
-          "--config.loss.head_position=0")
+    for losses_on, fields, _, message in _SUPERVISION:
+        check(not any(config.loss.get(n, 0.0) > 0 for n in losses_on)
+              or all(f in first for f in fields), message)
     if config.loss.get("expression", 0.0) > 0:
         expression_dims(config)
     data_iter = iter(pipelines.stage1_dataset(sources["train"], batch_size=local_batch,
@@ -275,14 +283,9 @@ def train(config, workdir: str) -> dict:
                           out_shardings=sharding.replicated(mesh))  # every process can read it
 
     keys = ["source", "driver", "other"]
-    if config.loss.get("head_pose", 0.0) > 0:
-        keys += ["source_rotation", "driver_rotation"]  # the pose estimator's readings
-    if config.loss.get("head_position", 0.0) > 0:
-        keys += [f"{r}_{f}" for r in ("source", "driver") for f in ("translation", "scale")]
-    if config.loss.get("mouth", 0.0) > 0 or config.loss.get("eyes", 0.0) > 0:
-        keys += ["driver_landmarks"]  # the landmark detector's readings
-    if config.loss.get("expression", 0.0) > 0:
-        keys += [f"{r}_{f}" for r in ("source", "driver") for f in ("mouth", "blink")]
+    for losses_on, fields, roles, _ in _SUPERVISION:
+        if any(config.loss.get(n, 0.0) > 0 for n in losses_on):
+            keys += [f"{r}_{f}" for r in roles for f in fields]
 
     def to_device(batch):
         return pipelines.global_batch({k: batch[k] for k in keys}, mesh)
