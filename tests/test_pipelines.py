@@ -101,6 +101,42 @@ def test_stage1_with_identities_table_skips_search(train):
     assert all(ids[int(e["other_record_index"])] == int(e["other_identity"]) for e in ex)
 
 
+def test_stage1_cross_clip_pairs_take_the_driver_from_another_clip_of_the_identity(train):
+    ids = pipelines.record_identities(train)
+    assert ids.tolist() == [int(train[i]["identity"]) for i in range(len(train))]
+    records = [train[i] for i in range(len(train))]
+    frames = [builders.decode_frames(r["frames"]) for r in records]
+    # Every identity of the tiny set has two clips: prob 1 moves every driver to the other one.
+    ex = _examples(_take(_stage1(train, identities=ids, cross_clip_prob=1.0), 4))
+    for e in ex:
+        r, dr = int(e["record_index"]), int(e["driver_record_index"])
+        assert dr != r and ids[dr] == ids[r]
+        np.testing.assert_array_equal(e["source"], frames[r][int(e["source_frame"])])
+        np.testing.assert_array_equal(e["driver"], frames[dr][int(e["driver_frame"])])
+        for f in pipelines.STAGE1_FACTORS:
+            np.testing.assert_array_equal(e[f"driver_{f}"], records[dr][f][int(e["driver_frame"])])
+    # A share in between mixes both kinds; 0 keeps the default stream exactly.
+    mixed = _examples(_take(_stage1(train, identities=ids, cross_clip_prob=0.5), 8))
+    moved = [int(e["driver_record_index"]) != int(e["record_index"]) for e in mixed]
+    assert any(moved) and not all(moved)
+    off = _take(_stage1(train, identities=ids, cross_clip_prob=0.0), 2)
+    default = _take(_stage1(train, identities=ids), 2)
+    assert all(_equal(a, b) for a, b in zip(off, default))
+    assert all((b["driver_record_index"] == b["record_index"]).all() for b in off)
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(cross_clip_prob=0.5), "needs identities="),
+    (dict(cross_clip_prob=1.5, identities=[0]), "cross_clip_prob=1.5"),
+    (dict(cross_clip_prob=0.5, identities=[0, 1]), "identities= lists 2 records"),
+])
+def test_stage1_cross_clip_bad_arguments_are_refused(train, kw, needle):
+    if "identities" in kw and len(kw["identities"]) < 2:
+        kw["identities"] = [0] * len(train)
+    with pytest.raises(ConfigError, match=needle):
+        _stage1(train, **kw)
+
+
 def test_stage2_windows_match_records(train):
     batches = list(_stage2(train, num_epochs=3))
     b = batches[0]

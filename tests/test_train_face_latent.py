@@ -117,7 +117,8 @@ def test_cross_identity_loss_with_a_trained_identity_net(tmp_path, data_dir):
                   max_train_minutes=1e-9, ckpt_every=100,
                   **{"loss.cross_id": 0.5, "loss.head_pose": 1.0, "loss.expression": 1.0,
                      "expression_dims": 4, "loss.head_position": 1.0, "model.skip_channels": 4,
-                     "model.skip_blend": True, "model.skip_static": True}), workdir)
+                     "model.skip_blend": True, "model.skip_static": True,
+                     "data.cross_clip_prob": 1.0}), workdir)
     rows = read_metrics(workdir)
     assert [r["step"] for r in rows] == [1, 2] and rows[-1]["train_minutes"] >= 0.0
     assert "2" in os.listdir(os.path.join(workdir, "checkpoints"))
@@ -127,7 +128,8 @@ def test_cross_identity_loss_with_a_trained_identity_net(tmp_path, data_dir):
     # So are the expression anchor (|z_dyn[:, :4] − (mouth opening, blink, mouth width,
     # rounding)|, all 0…1, of an untrained encoder), the head-position term (|(t_x, t_y, log s)
     # − truth| / 0.1 with a zero-initialised pose head) and the source skip with both copies
-    # (its encoder is in the checkpoint, the decoder has two blend logits).
+    # (its encoder is in the checkpoint, the decoder has two blend logits). Every driver comes
+    # from the identity's other clip (data.cross_clip_prob 1).
     assert all(0.0 < r["expression"] < 5.0 for r in rows)
     assert all(0.0 < r["head_position"] < 20.0 for r in rows)
     gen = restore_generator(workdir)[0]
@@ -143,6 +145,8 @@ def test_cross_identity_weight_without_a_network_is_refused(tmp_path, data_dir):
     with pytest.raises(ConfigError, match="expression_dims"):
         train(_config(data_dir, steps=1, expression_dims=3, **{"loss.expression": 1.0}),
               str(tmp_path / "w2"))
+    with pytest.raises(ConfigError, match="cross_clip_prob"):
+        train(_config(data_dir, steps=1, **{"data.cross_clip_prob": 2.0}), str(tmp_path / "w3"))
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):

@@ -22,11 +22,12 @@ with `grain.checkpoint.CheckpointRestore(it)` on a freshly built iterator of the
 Images leave the host as uint8 (4× less host→device traffic than float32); convert on device
 with `images_to_float` ([-1, 1], float32).
 
-Stage 1 element (one frame pair of one clip plus a frame of another identity):
+Stage 1 element (one frame pair of one clip plus a frame of another identity; with
+`cross_clip_prob` > 0, that share of drivers come from another clip of the source's identity):
   source, driver, other             uint8 [R, R, 3]
   source_<f>, driver_<f>            ground-truth factor f of that frame (f in `factors`)
   source_frame, driver_frame, other_frame   int32 frame indices in their clips
-  record_index, other_record_index  int64 indices into the data source
+  record_index, driver_record_index, other_record_index  int64 indices into the data source
   identity, other_identity, emotion, clip_seed   int64 (identity/emotion/clip_seed of the source clip)
 
 Stage 2 element (a window of W frames with the K frames before it; works on any record with
@@ -158,15 +159,37 @@ class Stage1Example(grain.transforms.RandomMap):
     Module-level and picklable (mp_prefetch workers unpickle it). The other clip is found by
     rejection sampling over records (reads a record per try) unless `identities` — the identity of
     every record, in source order — is given.
+
+    cross_clip_prob: the chance that the driver comes from another clip of the same identity
+    (needs `identities`; identities with one clip keep the within-clip pair). Within one short
+    clip the head barely moves; across clips its rest pose, place and distance change as much
+    as they do between two people, which is what cross-identity reenactment asks of the warp.
     """
 
     def __init__(self, source, factors: Sequence[str] = STAGE1_FACTORS,
-                 identities: Sequence[int] | None = None, max_other_tries: int = 64):
+                 identities: Sequence[int] | None = None, max_other_tries: int = 64,
+                 cross_clip_prob: float = 0.0):
         self.source = source
         self.num_records = len(source)
         self.factors = tuple(factors)
         self.identities = None if identities is None else np.asarray(identities, np.int64)
         self.max_other_tries = max_other_tries
+        self.cross_clip_prob = float(cross_clip_prob)
+        check(0.0 <= self.cross_clip_prob <= 1.0,
+              f"cross_clip_prob={cross_clip_prob!r} is invalid: use a probability in [0, 1]")
+        check(self.cross_clip_prob == 0.0 or self.identities is not None,
+              "cross_clip_prob > 0 needs identities= (the identity of every record) to find "
+              "another clip of the same person")
+        if self.identities is not None:
+            check(len(self.identities) == self.num_records,
+                  f"identities= lists {len(self.identities)} records, the source has "
+                  f"{self.num_records}")
+
+    def _same_identity_clip(self, r: int, rng: np.random.Generator) -> int:
+        """Another record of record r's identity, or r when it has no other clip."""
+        candidates = np.flatnonzero(self.identities == self.identities[r])
+        candidates = candidates[candidates != r]
+        return int(candidates[rng.integers(candidates.size)]) if candidates.size else r
 
     def _other(self, r: int, identity: int, rng: np.random.Generator) -> tuple[int, dict]:
         n = self.num_records
@@ -199,7 +222,18 @@ class Stage1Example(grain.transforms.RandomMap):
         d = (s + 1 + int(rng.integers(t - 1))) % t if t > 1 else s
         j, other = self._other(r, int(identity), rng)
         o = int(rng.integers(len(other["frames"])))
-        pair = builders.decode_frames(frames, [s, d])
+        dr, drv_rec = r, rec
+        # Drawn only when on, so that cross_clip_prob=0 keeps the random stream unchanged.
+        if self.cross_clip_prob > 0 and rng.uniform() < self.cross_clip_prob:
+            dr = self._same_identity_clip(r, rng)
+            if dr != r:
+                drv_rec = self.source[dr]
+                d = int(rng.integers(len(drv_rec["frames"])))
+        if dr == r:
+            pair = builders.decode_frames(frames, [s, d])
+        else:
+            pair = (builders.decode_frames(frames, [s])[0],
+                    builders.decode_frames(drv_rec["frames"], [d])[0])
         out = {
             "source": pair[0],
             "driver": pair[1],
@@ -208,6 +242,7 @@ class Stage1Example(grain.transforms.RandomMap):
             "driver_frame": np.int32(d),
             "other_frame": np.int32(o),
             "record_index": np.int64(r),
+            "driver_record_index": np.int64(dr),
             "other_record_index": np.int64(j),
             "identity": identity,
             "other_identity": _scalar(other["identity"]),
@@ -215,15 +250,20 @@ class Stage1Example(grain.transforms.RandomMap):
             "clip_seed": _scalar(rec["clip_seed"]),
         }
         for f in self.factors:
-            values = np.asarray(rec[f])
-            out[f"source_{f}"] = values[s]
-            out[f"driver_{f}"] = values[d]
+            out[f"source_{f}"] = np.asarray(rec[f])[s]
+            out[f"driver_{f}"] = np.asarray(drv_rec[f])[d]
         return out
+
+
+def record_identities(source) -> np.ndarray:
+    """int64 [len(source)]: every record's identity, in source order (one read per record)."""
+    return np.asarray([_scalar(source[i]["identity"]) for i in range(len(source))], np.int64)
 
 
 def stage1_dataset(source, batch_size: int, seed: int, *, num_epochs: int | None = None,
                    pairs_per_clip: int = 1, factors: Sequence[str] | None = None,
-                   identities: Sequence[int] | None = None, shuffle: bool = True,
+                   identities: Sequence[int] | None = None, cross_clip_prob: float = 0.0,
+                   shuffle: bool = True,
                    shard_index: int | None = None, shard_count: int | None = None,
                    mp_prefetch: int = 0, read_threads: int = 4,
                    prefetch_buffer: int = 4) -> grain.IterDataset:
@@ -233,12 +273,15 @@ def stage1_dataset(source, batch_size: int, seed: int, *, num_epochs: int | None
     factors=None: the STAGE1_FACTORS the records carry (all of them for SynthTalk, none for
     real video from `vasa_jax.data.preprocess`).
     mp_prefetch > 0 runs that many worker processes (scripts need `if __name__ == "__main__"`).
+    cross_clip_prob > 0 (needs `identities`, e.g. `record_identities(source)`): that share of
+    drivers come from another clip of the source's identity (see Stage1Example).
     """
     check(len(source) >= 2, f"stage 1 needs at least 2 clips, the source has {len(source)}")
     pairs_per_clip = _check_int(pairs_per_clip, "pairs_per_clip", 1)
     if factors is None:
         factors = [f for f in STAGE1_FACTORS if f in source[0]]
-    transform = Stage1Example(source, factors=factors, identities=identities)
+    transform = Stage1Example(source, factors=factors, identities=identities,
+                              cross_clip_prob=cross_clip_prob)
     return _epoch_pipeline(len(source) * pairs_per_clip, transform, batch_size=batch_size,
                            seed=seed, num_epochs=num_epochs, shuffle=shuffle,
                            shard_index=shard_index, shard_count=shard_count,

@@ -257,8 +257,13 @@ def train(config, workdir: str) -> dict:
               or all(f in first for f in fields), message)
     if config.loss.get("expression", 0.0) > 0:
         expression_dims(config)
+    cross_clip = float(config.data.get("cross_clip_prob", 0.0))
+    check(0.0 <= cross_clip <= 1.0, f"data.cross_clip_prob={cross_clip!r} is invalid: use a "
+          "probability in [0, 1] (0: every pair from one clip)")
+    identities = pipelines.record_identities(sources["train"]) if cross_clip > 0 else None
     data_iter = iter(pipelines.stage1_dataset(sources["train"], batch_size=local_batch,
-                                              seed=config.seed))
+                                              seed=config.seed, identities=identities,
+                                              cross_clip_prob=cross_clip))
 
     # Model, optimiser, EMA: created already sharded (or restored onto this mesh).
     graphdefs, init, abstract, shardings = build_state_fns(config, mesh)
