@@ -184,21 +184,33 @@ class Stage1Example(grain.transforms.RandomMap):
             check(len(self.identities) == self.num_records,
                   f"identities= lists {len(self.identities)} records, the source has "
                   f"{self.num_records}")
+            # Records grouped by identity (ascending within a group), so that a sample finds
+            # its identity's records by binary search instead of scanning the whole table.
+            self._by_identity = np.argsort(self.identities, kind="stable")
+            self._sorted_ids = self.identities[self._by_identity]
+
+    def _records_of(self, identity: int) -> np.ndarray:
+        """The (ascending) record indices of `identity`."""
+        lo = int(np.searchsorted(self._sorted_ids, identity, side="left"))
+        hi = int(np.searchsorted(self._sorted_ids, identity, side="right"))
+        return self._by_identity[lo:hi]
 
     def _same_identity_clip(self, r: int, rng: np.random.Generator) -> int:
         """Another record of record r's identity, or r when it has no other clip."""
-        candidates = np.flatnonzero(self.identities == self.identities[r])
+        candidates = self._records_of(int(self.identities[r]))
         candidates = candidates[candidates != r]
         return int(candidates[rng.integers(candidates.size)]) if candidates.size else r
 
     def _other(self, r: int, identity: int, rng: np.random.Generator) -> tuple[int, dict]:
         n = self.num_records
         if self.identities is not None:
-            candidates = np.flatnonzero(self.identities != identity)
-            if candidates.size == 0:
+            members = self._records_of(identity)
+            if members.size == n:
                 raise ValueError("stage 1 needs clips of at least two identities; all records "
                                  f"have identity {identity}")
-            j = int(candidates[rng.integers(candidates.size)])
+            # The k-th record (ascending) not of `identity`: k plus the members before it.
+            k = int(rng.integers(n - members.size))
+            j = k + int(np.searchsorted(members - np.arange(members.size), k, side="right"))
             return j, self.source[j]
         for _ in range(self.max_other_tries):
             j = int(rng.integers(n - 1)) if n > 1 else 0
