@@ -104,6 +104,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # identity (0: source and driver always from one clip). Reads every record's identity
         # once at start.
         cross_clip_prob=0.0))
+    # Camera-roll augmentation (train/augment.py): each training pair turned by one random
+    # angle in ±augment_roll_deg about the image centre, its roll, head centre and landmarks
+    # with it, so the motion encoder cannot read a clip's tilt off who is in it. 0: off.
+    config.augment_roll_deg = 0.0
     config.grad_clip = 1.0
     config.weight_decay = 0.0
     config.ema_decay = 0.999

@@ -63,10 +63,14 @@ def test_resume_matches_uninterrupted_run(tmp_path, data_dir):
 
 
 def test_sharded_step_equals_single_device(tmp_path, data_dir, devices):
+    # With the camera-roll augmentation on: its angles are drawn inside the sharded step and
+    # must be the same on any mesh.
     single = str(tmp_path / "single")
-    train(_config(data_dir, steps=2, **{"mesh.num_devices": 1, "mesh.data": 1}), single)
+    train(_config(data_dir, steps=2, augment_roll_deg=10.0,
+                  **{"mesh.num_devices": 1, "mesh.data": 1}), single)
     sharded = str(tmp_path / "sharded")
-    train(_config(data_dir, steps=2, **{"mesh.data": 4, "mesh.fsdp": 2}), sharded)
+    train(_config(data_dir, steps=2, augment_roll_deg=10.0, **{"mesh.data": 4, "mesh.fsdp": 2}),
+          sharded)
     a, b = read_metrics(single), read_metrics(sharded)
     for ra, rb in zip(a, b):
         for k in ("loss", "l1", "perceptual", "gan", "d_loss", "consist"):
@@ -114,7 +118,7 @@ def test_cross_identity_loss_with_a_trained_identity_net(tmp_path, data_dir):
     workdir = str(tmp_path / "xid")
     # A ~0 s time budget as well: training stops right after the second step and saves it.
     train(_config(data_dir, steps=50, identity_net=os.path.join(id_dir, "identity_net"),
-                  max_train_minutes=1e-9, ckpt_every=100,
+                  max_train_minutes=1e-9, ckpt_every=100, augment_roll_deg=8.0,
                   **{"loss.cross_id": 0.5, "loss.head_pose": 1.0, "loss.expression": 1.0,
                      "expression_dims": 4, "loss.head_position": 1.0, "model.skip_channels": 4,
                      "model.skip_blend": True, "model.skip_static": True,
@@ -129,7 +133,8 @@ def test_cross_identity_loss_with_a_trained_identity_net(tmp_path, data_dir):
     # rounding)|, all 0…1, of an untrained encoder), the head-position term (|(t_x, t_y, log s)
     # − truth| / 0.1 with a zero-initialised pose head) and the source skip with both copies
     # (its encoder is in the checkpoint, the decoder has two blend logits). Every driver comes
-    # from the identity's other clip (data.cross_clip_prob 1).
+    # from the identity's other clip (data.cross_clip_prob 1); the camera-roll augmentation turns
+    # every supervised reading.
     assert all(0.0 < r["expression"] < 5.0 for r in rows)
     assert all(0.0 < r["head_position"] < 20.0 for r in rows)
     gen = restore_generator(workdir)[0]
@@ -147,6 +152,8 @@ def test_cross_identity_weight_without_a_network_is_refused(tmp_path, data_dir):
               str(tmp_path / "w2"))
     with pytest.raises(ConfigError, match="cross_clip_prob"):
         train(_config(data_dir, steps=1, **{"data.cross_clip_prob": 2.0}), str(tmp_path / "w3"))
+    with pytest.raises(ConfigError, match="augment_roll_deg"):
+        train(_config(data_dir, steps=1, augment_roll_deg=-1.0), str(tmp_path / "w4"))
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):

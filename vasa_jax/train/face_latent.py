@@ -24,7 +24,7 @@ from vasa_jax.checkpoint import Checkpointer
 from vasa_jax.errors import check
 from vasa_jax.models.discriminator import MultiScaleDiscriminator
 from vasa_jax.models.face import build_model
-from vasa_jax.train import loop
+from vasa_jax.train import augment, loop
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,13 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
         _, fake_logits = disc(jax.lax.stop_gradient(recon))
         return losses.hinge_d_loss(real_logits, fake_logits)
 
+    roll_deg = float(config.get("augment_roll_deg", 0.0))
+    aug_key = jax.random.key(config.seed + 0x70_11)
+
     def train_step(state, batch):
+        if roll_deg > 0:
+            batch = augment.camera_roll(batch, jax.random.fold_in(aug_key, state["step"]),
+                                        roll_deg)
         (g_total, (terms, recon)), g_grads = jax.value_and_grad(g_loss, has_aux=True)(
             state["gen"], state, batch)
         updates, opt_gen = tx.update(g_grads, state["opt_gen"], state["gen"])
@@ -261,6 +267,9 @@ def train(config, workdir: str) -> dict:
     check(0.0 <= cross_clip <= 1.0, f"data.cross_clip_prob={cross_clip!r} is invalid: use a "
           "probability in [0, 1] (0: every pair from one clip)")
     identities = pipelines.record_identities(sources["train"]) if cross_clip > 0 else None
+    roll_deg = float(config.get("augment_roll_deg", 0.0))
+    check(0.0 <= roll_deg <= 45.0, f"augment_roll_deg={roll_deg!r} is invalid: use 0 (off) to "
+          "45 degrees")
     data_iter = iter(pipelines.stage1_dataset(sources["train"], batch_size=local_batch,
                                               seed=config.seed, identities=identities,
                                               cross_clip_prob=cross_clip))
