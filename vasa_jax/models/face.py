@@ -251,11 +251,12 @@ def source_positions(g_s2c: jax.Array, g_c2d: jax.Array) -> jax.Array:
     return trilinear_sample(g_s2c, g_c2d, padding_mode="border")
 
 
-def sample_2d(image: jax.Array, xy: jax.Array) -> jax.Array:
-    """Bilinear sampling of image [B, H, W, C] at normalised xy [B, Ho, Wo, 2] (zeros outside;
-    align_corners False, as `trilinear_sample`): [B, Ho, Wo, C]."""
+def sample_2d(image: jax.Array, xy: jax.Array, padding_mode: str = "zeros") -> jax.Array:
+    """Bilinear sampling of image [B, H, W, C] at normalised xy [B, Ho, Wo, 2] (align_corners
+    False; outside reads zeros or, with "border", the nearest edge pixel, as `trilinear_sample`):
+    [B, Ho, Wo, C]."""
     grid = jnp.concatenate([xy, jnp.zeros_like(xy[..., :1])], axis=-1)[:, None]
-    return trilinear_sample(image[:, None], grid)[:, 0]
+    return trilinear_sample(image[:, None], grid, padding_mode=padding_mode)[:, 0]
 
 
 class IdentityEncoder(nnx.Module):

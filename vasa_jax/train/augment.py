@@ -25,7 +25,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vasa_jax.models.warp import trilinear_sample
+from vasa_jax.models.face import sample_2d
+from vasa_jax.models.warp import identity_grid
 
 ROLES = ("source", "driver")
 # Per-role batch keys (by suffix) that a camera roll leaves alone: readings off the image plane
@@ -46,12 +47,9 @@ def rotate_images(images: jax.Array, angle_deg: jax.Array) -> jax.Array:
     """images [B, H, W, C] (any dtype) turned counter-clockwise on screen by angle_deg [B] about
     the centre: bilinear, border pixels repeated outside; float32 on the input's scale."""
     b, h, w, _ = images.shape
-    xs = (jnp.arange(w, dtype=jnp.float32) + 0.5) / w * 2.0 - 1.0
-    ys = (jnp.arange(h, dtype=jnp.float32) + 0.5) / h * 2.0 - 1.0
-    out_xy = jnp.broadcast_to(jnp.stack(jnp.meshgrid(xs, ys), -1), (b, h, w, 2))
+    out_xy = jnp.broadcast_to(identity_grid(1, h, w)[0, ..., :2], (b, h, w, 2))
     src_xy = rotate_points(out_xy, -angle_deg)  # where each output pixel comes from
-    grid = jnp.concatenate([src_xy, jnp.zeros_like(src_xy[..., :1])], -1)[:, None]
-    return trilinear_sample(images.astype(jnp.float32)[:, None], grid, padding_mode="border")[:, 0]
+    return sample_2d(images.astype(jnp.float32), src_xy, padding_mode="border")
 
 
 def camera_roll(batch: dict, key: jax.Array, max_deg: float) -> dict:
