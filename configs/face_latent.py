@@ -142,6 +142,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.expression_squared = False
     # Window of the mouth/eye losses: Gaussian sigma as a fraction of the inter-ocular distance.
     config.region_sigma = 0.3
+    # loss.head_pose's unit per angle (yaw, pitch, roll): the degrees of error that cost 1.
+    config.head_pose_scale_deg = (30.0, 30.0, 30.0)
     config.identity_net = ""
     config.adam_b1 = TRAIN[name].get("adam_b1", 0.5)  # 0.5: the usual choice with a GAN
     if name in ("tiny_run", "tiny_pose", "tiny_guided"):

@@ -241,6 +241,10 @@ def test_head_pose_loss_known_value():
     assert float(head_pose_loss(z, z[:, :3])) == 0.0
     with pytest.raises(ValueError, match="head_pose_loss"):
         head_pose_loss(z, truth[:1])
+    # One scale per angle: yaw errs 30 and 0 (/ 40), pitch 0 and 15 (/ 30), roll 0 and 15 (/ 10).
+    expect = (30.0 / 40.0 + 15.0 / 30.0 + 15.0 / 10.0) / 6.0
+    assert float(head_pose_loss(z, truth, (40.0, 30.0, 10.0))) == pytest.approx(expect)
+    assert float(head_pose_loss(z, truth, (30.0, 30.0, 30.0))) == pytest.approx(10.0 / 30.0)
 
 
 def test_region_l1_loss_sees_only_errors_under_its_window():

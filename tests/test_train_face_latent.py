@@ -119,6 +119,7 @@ def test_cross_identity_loss_with_a_trained_identity_net(tmp_path, data_dir):
     # A ~0 s time budget as well: training stops right after the second step and saves it.
     train(_config(data_dir, steps=50, identity_net=os.path.join(id_dir, "identity_net"),
                   max_train_minutes=1e-9, ckpt_every=100, augment_roll_deg=8.0,
+                  head_pose_scale_deg=(40.0, 32.0, 16.0),
                   **{"loss.cross_id": 0.5, "loss.head_pose": 1.0, "loss.expression": 1.0,
                      "expression_dims": 4, "loss.head_position": 1.0, "model.skip_channels": 4,
                      "model.skip_blend": True, "model.skip_static": True,
@@ -127,8 +128,9 @@ def test_cross_identity_loss_with_a_trained_identity_net(tmp_path, data_dir):
     assert [r["step"] for r in rows] == [1, 2] and rows[-1]["train_minutes"] >= 0.0
     assert "2" in os.listdir(os.path.join(workdir, "checkpoints"))
     assert all(0.0 <= r["cross_id"] <= 2.0 for r in rows)
-    # The head-pose term is on too: |angles| / 30° of an untrained encoder vs SynthTalk's truth.
-    assert all(0.0 < r["head_pose"] < 3.0 for r in rows)
+    # The head-pose term is on too: |angles| / (40°, 32°, 16°) of an untrained encoder vs
+    # SynthTalk's truth.
+    assert all(0.0 < r["head_pose"] < 5.0 for r in rows)
     # So are the expression anchor (|z_dyn[:, :4] − (mouth opening, blink, mouth width,
     # rounding)|, all 0…1, of an untrained encoder), the head-position term (|(t_x, t_y, log s)
     # − truth| / 0.1 with a zero-initialised pose head) and the source skip with both copies
@@ -154,6 +156,9 @@ def test_cross_identity_weight_without_a_network_is_refused(tmp_path, data_dir):
         train(_config(data_dir, steps=1, **{"data.cross_clip_prob": 2.0}), str(tmp_path / "w3"))
     with pytest.raises(ConfigError, match="augment_roll_deg"):
         train(_config(data_dir, steps=1, augment_roll_deg=-1.0), str(tmp_path / "w4"))
+    with pytest.raises(ConfigError, match="head_pose_scale_deg"):
+        train(_config(data_dir, steps=1, head_pose_scale_deg=(30.0, 0.0, 30.0),
+                      **{"loss.head_pose": 1.0}), str(tmp_path / "w5"))
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):

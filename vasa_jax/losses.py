@@ -96,18 +96,23 @@ def cross_identity_loss(id_fn: Callable[[jax.Array], jax.Array], source_image: j
     return jnp.mean(1.0 - jnp.sum(a * b, axis=-1))
 
 
-def head_pose_loss(z_pose: jax.Array, rotation_deg: jax.Array, scale_deg: float = 30.0
-                   ) -> jax.Array:
+def head_pose_loss(z_pose: jax.Array, rotation_deg: jax.Array,
+                   scale_deg: float | tuple[float, float, float] = 30.0) -> jax.Array:
     """Head-pose supervision of the motion encoder (face-vid2vid's pose loss, which uses a
-    pretrained estimator): mean |yaw, pitch, roll of z_pose − the estimator's| / scale_deg.
+    pretrained estimator): mean over angles of |yaw, pitch, roll of z_pose − the estimator's| /
+    scale_deg.
 
     z_pose: [B, 7] (angles in degrees first, in `models.face.rotation_from_angles` order and
     convention); rotation_deg: [B, 3] (yaw, pitch, roll; on SynthTalk the ground truth, which
     uses the same convention; on real data a pluggable head-pose estimator's output).
+    scale_deg: one scale for all three angles, or one per angle (yaw, pitch, roll): scales
+    proportional to each angle's spread in the data weigh a narrow angle (roll) as much, relative
+    to its range, as a wide one (yaw).
     """
     if z_pose.shape[0] != rotation_deg.shape[0] or rotation_deg.shape[-1] != 3:
         raise ValueError(f"head_pose_loss: z_pose {z_pose.shape} vs rotation {rotation_deg.shape}")
-    return jnp.mean(jnp.abs(z_pose[:, :3] - rotation_deg)) / scale_deg
+    scale = jnp.broadcast_to(jnp.asarray(scale_deg, jnp.float32), (3,))
+    return jnp.mean(jnp.abs(z_pose[:, :3] - rotation_deg) / scale)
 
 
 # The image scale (focal / distance) that z_pose's log-scale 0 stands for: SynthTalk's

@@ -90,6 +90,17 @@ def expression_dims(config) -> int:
     return int(dims)
 
 
+def head_pose_scale(config) -> tuple[float, float, float]:
+    """`config.head_pose_scale_deg`: the degrees of yaw, pitch and roll error that cost
+    loss.head_pose one unit (one number for all three, or three)."""
+    raw = config.get("head_pose_scale_deg", 30.0)
+    vals = tuple(float(v) for v in (raw if isinstance(raw, (tuple, list)) else (raw,) * 3))
+    check(len(vals) == 3 and all(v > 0 for v in vals),
+          f"head_pose_scale_deg={raw!r} is invalid: use one positive number of degrees or three "
+          "(yaw, pitch, roll), e.g. 30 or (40, 32, 16)")
+    return vals
+
+
 # Losses that read per-frame measurements (SynthTalk's truth; on real video a landmark detector,
 # pose estimator or face tracker): (loss weights, record fields, frames whose readings the batch
 # carries, the one-line error when the data lacks them). train() checks and loads from this.
@@ -145,7 +156,8 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
         if w.get("head_pose", 0.0) > 0:
             terms["head_pose"] = losses.head_pose_loss(
                 jnp.concatenate([e_s["z_pose"], e_d["z_pose"]]),
-                jnp.concatenate([batch["source_rotation"], batch["driver_rotation"]]))
+                jnp.concatenate([batch["source_rotation"], batch["driver_rotation"]]),
+                head_pose_scale(config))
         if w.get("head_position", 0.0) > 0:
             terms["head_position"] = losses.head_position_loss(
                 jnp.concatenate([e_s["z_pose"], e_d["z_pose"]]),
@@ -263,6 +275,8 @@ def train(config, workdir: str) -> dict:
               or all(f in first for f in fields), message)
     if config.loss.get("expression", 0.0) > 0:
         expression_dims(config)
+    if config.loss.get("head_pose", 0.0) > 0:
+        head_pose_scale(config)
     cross_clip = float(config.data.get("cross_clip_prob", 0.0))
     check(0.0 <= cross_clip <= 1.0, f"data.cross_clip_prob={cross_clip!r} is invalid: use a "
           "probability in [0, 1] (0: every pair from one clip)")
