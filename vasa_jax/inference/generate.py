@@ -58,7 +58,7 @@ from vasa_jax.data import media
 from vasa_jax.data.latents import Normalizer
 from vasa_jax.errors import ConfigError
 from vasa_jax.inference.bundle import Bundle, load_bundle
-from vasa_jax.inference.motion import WindowSampler
+from vasa_jax.inference.motion import HistoryWindows, WindowSampler
 from vasa_jax.models import motion_dit
 from vasa_jax.models.audio import make_audio_features
 from vasa_jax.models.face import POSE_DIM
@@ -369,36 +369,21 @@ def _windows_from_chunks(feats: _WindowFeatures, chunks: Iterable[Any],
 
 
 class _MotionWindows:
-    """DiT sampling with K frames of history, exactly as `inference.motion.sample_sequence`
-    (window i uses fold_in(key(seed), i); the history is the last K generated frames and their
-    audio once K frames exist; the last window's missing frames get null audio), plus an
+    """DiT sampling with K frames of history through `inference.motion.HistoryWindows` (the
+    walker `sample_sequence` uses: window i samples with fold_in(key(seed), i)), plus an
     optional head-pose sequence that overrides the generated pose (and feeds the history)."""
 
     def __init__(self, gen: "Generator", ctl: _Resolved):
         self.gen, self.ctl = gen, ctl
-        self.sampler = gen._sampler(ctl.steps, tuple(ctl.scales))
-        self.rng = jax.random.key(ctl.seed)
-        self.k, self.w = self.sampler.history, self.sampler.window
-        dx, da = self.sampler.motion_dim, gen.motion.audio_dim
-        self.tail_x = np.zeros((1, 0, dx), np.float32)
-        self.tail_a = np.zeros((1, 0, da), np.float32)
-        self.x_zero = np.zeros((1, self.k, dx), np.float32)
-        self.a_zero = np.zeros((1, self.k, da), np.float32)
-        self.index = 0
+        sampler = gen._sampler(ctl.steps, tuple(ctl.scales))
+        self.walker = HistoryWindows(sampler, ctl.gaze, ctl.distance, ctl.emotion,
+                                     jax.random.key(ctl.seed), audio_dim=gen.motion.audio_dim,
+                                     scales=ctl.scales)
         self.frame = 0
 
     def step(self, feats: jax.Array, n: int) -> np.ndarray:
         """Features [1, W, Da] with n valid frames → raw motion [n, Dx]."""
-        w, k = self.w, self.k
-        valid = np.arange(w) < n
-        audio = feats if n == w else jnp.where(jnp.asarray(valid)[None, :, None], feats, 0.0)
-        have = k > 0 and self.tail_x.shape[1] >= k
-        conds = dict(audio=audio, x_pre=self.tail_x if have else self.x_zero,
-                     a_pre=self.tail_a if have else self.a_zero,
-                     gaze=self.ctl.gaze, distance=self.ctl.distance, emotion=self.ctl.emotion,
-                     audio_valid=valid[None], history_valid=np.full((1,), have))
-        x = self.sampler(jax.random.fold_in(self.rng, self.index), conds, self.ctl.scales)
-        x = np.asarray(x[:, :n], np.float32)
+        x = np.asarray(self.walker.step(feats, n), np.float32)
         norm = self.gen.norm
         raw = norm.motion_to_raw(x[0])
         pose = self.ctl.head_pose
@@ -410,11 +395,7 @@ class _MotionWindows:
             raw = raw.copy()
             raw[:, :pose.shape[1]] = pose[self.frame:end]
             x = norm("motion", raw)[None].astype(np.float32)
-        if k > 0:
-            self.tail_x = np.concatenate([self.tail_x, x], axis=1)[:, -k:]
-            self.tail_a = np.concatenate(
-                [self.tail_a, np.asarray(feats[:, :n], np.float32)], axis=1)[:, -k:]
-        self.index += 1
+        self.walker.push(x, feats[:, :n])
         self.frame += n
         return raw.astype(np.float32)
 

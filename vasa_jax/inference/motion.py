@@ -65,9 +65,54 @@ class WindowSampler:
         return self._fn(self.state, rng, dict(conds), traced)
 
 
+class HistoryWindows:
+    """Window-by-window sampling with K frames of history, one window per `step` call.
+
+    Window i uses `fold_in(rng, i)`; its history is the last K frames pushed (spanning earlier
+    windows when W < K) and their audio, marked valid once K frames exist; a window with n < W
+    valid frames gets null audio (audio_valid) after them. `step` samples a window and `push`
+    appends frames to the history: `push` may be given other frames than `step` returned (the
+    generator's head-pose override feeds the history the overridden motion). `sample_sequence`
+    and the streaming generator both walk audio with it, so they cannot drift apart.
+    """
+
+    def __init__(self, sampler: WindowSampler, gaze, distance, emotion, rng, *,
+                 audio_dim: int, scales: Mapping[str, float] | None = None):
+        self.sampler, self.rng, self.scales = sampler, rng, scales
+        self.gaze, self.distance, self.emotion = gaze, distance, emotion
+        b = jnp.shape(gaze)[0]
+        k, dx = sampler.history, sampler.motion_dim
+        self.x_hist = jnp.zeros((b, k, dx))
+        self.a_hist = jnp.zeros((b, k, audio_dim))
+        self.index = 0     # windows sampled so far
+        self.frames = 0    # frames pushed so far; the history is valid once there are K
+
+    def step(self, audio_win, n: int):
+        """audio_win [B, W, Da] with n valid frames (the rest may hold anything) → normalised
+        motion [B, n, Dx]."""
+        w = self.sampler.window
+        b = audio_win.shape[0]
+        valid = jnp.broadcast_to(jnp.arange(w) < n, (b, w))
+        audio = audio_win if n == w else jnp.where(valid[:, :, None], audio_win, 0.0)
+        conds = dict(audio=audio, x_pre=self.x_hist, a_pre=self.a_hist, gaze=self.gaze,
+                     distance=self.distance, emotion=self.emotion, audio_valid=valid,
+                     history_valid=jnp.full((b,), self.frames >= self.sampler.history))
+        x = self.sampler(jax.random.fold_in(self.rng, self.index), conds, self.scales)
+        self.index += 1
+        return x[:, :n]
+
+    def push(self, x, audio) -> None:
+        """Appends motion [B, n, Dx] and its audio features [B, n, Da] to the history."""
+        k = self.sampler.history
+        if k > 0:
+            self.x_hist = jnp.concatenate([self.x_hist, jnp.asarray(x)], axis=1)[:, -k:]
+            self.a_hist = jnp.concatenate([self.a_hist, jnp.asarray(audio)], axis=1)[:, -k:]
+        self.frames += jnp.shape(x)[1]
+
+
 def sample_sequence(sampler: WindowSampler, audio, gaze, distance, emotion, rng,
                     scales: Mapping[str, float] | None = None):
-    """Motion for a whole track, window by window with K frames of history.
+    """Motion for a whole track, window by window with K frames of history (`HistoryWindows`).
 
     audio [B, T, Da] (normalised features), gaze [B, 2], distance [B, 1], emotion [B, E] →
     normalised motion [B, T, Dx]. The last window is padded with null audio (audio_valid) and
@@ -75,25 +120,16 @@ def sample_sequence(sampler: WindowSampler, audio, gaze, distance, emotion, rng,
     """
     audio = jnp.asarray(audio)
     b, t, da = audio.shape
-    w, k, dx = sampler.window, sampler.history, sampler.motion_dim
+    w = sampler.window
+    walker = HistoryWindows(sampler, gaze, distance, emotion, rng, audio_dim=da, scales=scales)
     out = []
-    x_hist = jnp.zeros((b, k, dx))
-    a_hist = jnp.zeros((b, k, da))
-    real = 0  # generated frames so far; the history is valid once there are K of them
-    for i, start in enumerate(range(0, t, w)):
+    for start in range(0, t, w):
         n = min(w, t - start)
-        a_win = jnp.zeros((b, w, da)).at[:, :n].set(audio[:, start:start + n])
-        valid = jnp.broadcast_to(jnp.arange(w) < n, (b, w))
-        conds = dict(audio=a_win, x_pre=x_hist, a_pre=a_hist, gaze=gaze, distance=distance,
-                     emotion=emotion, audio_valid=valid,
-                     history_valid=jnp.full((b,), real >= k))
-        x = sampler(jax.random.fold_in(rng, i), conds, scales)[:, :n]
+        seg = audio[:, start:start + n]
+        x = walker.step(jnp.pad(seg, ((0, 0), (0, w - n), (0, 0))), n)
+        walker.push(x, seg)
         out.append(x)
-        if k > 0:  # the last K generated frames (spanning earlier windows when W < K)
-            x_hist = jnp.concatenate([x_hist, x], axis=1)[:, -k:]
-            a_hist = jnp.concatenate([a_hist, audio[:, start:start + n]], axis=1)[:, -k:]
-        real += n
     return jnp.concatenate(out, axis=1)
 
 
-__all__ = ["WindowSampler", "sample_sequence"]
+__all__ = ["HistoryWindows", "WindowSampler", "sample_sequence"]
