@@ -220,13 +220,16 @@ def test_vox512_config_is_valid():
 def test_tiny_guided_config_builds_its_model():
     """The documented recipe's model: the skip with both copies and a full-resolution motion
     stem; its losses include the head-position and four-value expression supervision, and most
-    drivers come from another clip of the source's identity."""
+    drivers come from another clip of the source's identity; 768 train identities."""
     cfg = _load_config("tiny_guided")
     model = build_model(cfg.model, nnx.Rngs(0))
     assert model.decoder.blend and model.decoder.static and model.skip == 16
     assert model.motion.trunk.stem.strides == 1 and model.appearance.stem.strides == 2
     assert cfg.loss.head_position > 0 and cfg.loss.expression > 0 and cfg.expression_dims == 4
     assert 0 < cfg.data.cross_clip_prob < 1
+    # Twice tiny_run's identities, without changing the table the other variants share.
+    assert cfg.data.synthtalk.num_train_identities == 768
+    assert _load_config("tiny_run").data.synthtalk.num_train_identities == 384
     out = model(_images(jax.random.key(12), 1, cfg.model.image_size),
                 _images(jax.random.key(13), 1, cfg.model.image_size))
     chex.assert_shape(out, (1, cfg.model.image_size, cfg.model.image_size, 3))
