@@ -119,7 +119,7 @@ def sample_sequence(sampler: WindowSampler, audio, gaze, distance, emotion, rng,
     cropped, so every window has the same static shape and one compile serves any length.
     """
     audio = jnp.asarray(audio)
-    b, t, da = audio.shape
+    _, t, da = audio.shape
     w = sampler.window
     walker = HistoryWindows(sampler, gaze, distance, emotion, rng, audio_dim=da, scales=scales)
     out = []
