@@ -142,7 +142,9 @@ def run(config, workdir: str, *, state: Any, train_step: Callable, data_iter,
     Logs every `config.log_every` steps, calls `on_sample(state, device_batch, step)` every
     `config.sample_every` steps (if given), saves on the checkpointer's interval and at the
     end. Non-finite metrics raise `NonFiniteLossError` before anything is saved. The time
-    budget is counted from the end of the first (compiling) step of this process.
+    budget is counted from the end of the first (compiling) step of this process and checked
+    once the previous step has finished, so a run stops at most one step past it (checked at
+    dispatch alone, the host ran ahead of the CPU and a 30-minute run finished at 30.3).
     """
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
     timer = StepTimer()
@@ -152,6 +154,7 @@ def run(config, workdir: str, *, state: Any, train_step: Callable, data_iter,
     budget_s = float(config.get("max_train_minutes", 0.0) or 0.0) * 60.0
     sample_every = int(config.get("sample_every", 0) or 0)
     start = None
+    previous = None  # the last step's metrics: waited on before reading the clock
     out_of_time = False
     try:
         while step < config.steps and not out_of_time:
@@ -164,10 +167,14 @@ def run(config, workdir: str, *, state: Any, train_step: Callable, data_iter,
             if start is None:
                 jax.block_until_ready(metrics)
                 start = time.perf_counter()
-            elif budget_s > 0 and time.perf_counter() - start >= budget_s:
-                out_of_time = True
-                log.info("stopping at step %d: max_train_minutes=%g reached", step,
-                         config.max_train_minutes)
+            elif budget_s > 0:
+                # One step stays in flight (this one), so the host cannot run far ahead.
+                jax.block_until_ready(previous)
+                if time.perf_counter() - start >= budget_s:
+                    out_of_time = True
+                    log.info("stopping at step %d: max_train_minutes=%g reached", step,
+                             config.max_train_minutes)
+            previous = metrics
             last = step == config.steps or out_of_time
             will_save = ckpt.should_save(step) or last
             logged = step % config.log_every == 0 or last
