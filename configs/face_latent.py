@@ -182,6 +182,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # ~2.2 steps/s on the 2-core VM: the cosine schedule ends at the 30 minutes (4,000 steps
         # in 29.98 min, session 9) instead of stopping at two thirds of tiny_run's 6,000 steps
         # with the learning rate still high.
+        # The VM's speed varies between sessions (1.4 steps/s in session 15: 30 minutes stopped
+        # at step 2,530, 0.3 dB of self PSNR short of the schedule's end, docs/face_latent.md).
         config.steps = 4000
         # Angles weigh twice (docs/face_latent.md: rotation R² 0.823 → 0.825, mouth R² 0.61 →
         # 0.65 and the z_dyn identity probe 0.36 → 0.21 in the same budget, with 3,400 steps).
