@@ -36,6 +36,19 @@ def test_linear_probe_recovers_linear_targets_and_fails_on_noise():
     assert eval2.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
 
 
+def test_bootstrap_ci_resamples_groups_not_items():
+    # Two identities, 1 and 3 frames: frames of one identity move together.
+    groups = np.array([7, 9, 9, 9])
+    values = np.array([0.0, 10.0, 10.0, 10.0])
+    lo, hi = eval1.bootstrap_ci(groups, lambda i: values[i].mean(), draws=2000)
+    # Draws of two identities: {7,7} → 0, {9,9} → 10, one of each → 7.5 (3 of 4 frames at 10).
+    assert (lo, hi) == (0.0, 10.0)
+    seen = set()
+    eval1.bootstrap_ci(groups, lambda i: seen.add(len(i)) or 0.0, draws=200)
+    assert seen == {2, 4, 6}  # 1+1, 1+3, 3+3 frames
+    assert eval1.bootstrap_ci(groups, lambda i: 3.0, draws=50) == [3.0, 3.0]
+
+
 def test_stage1_eval_end_to_end(face_workdir, tmp_path):
     out = str(tmp_path / "eval1")
     r = eval1.evaluate(face_workdir, out, cross_frames=3)
@@ -49,6 +62,29 @@ def test_stage1_eval_end_to_end(face_workdir, tmp_path):
     assert r["identity_probe"]["chance"] == 0.5
     assert set(r["meets"]) == {"self_psnr", "cross_psnr", "pose_r2", "mouth_r2"}
     assert os.path.getsize(os.path.join(out, "samples.png")) > 0
+    assert r["held_out_identities"] == 2
+    for key in ("self_psnr", "cross_psnr", "pose_r2", "mouth_r2"):
+        lo, hi = r["ci90"][key]
+        assert np.isfinite(lo) and lo <= hi
+    assert r["ci90"]["self_psnr"][0] <= r["self_psnr"] <= r["ci90"]["self_psnr"][1]
+
+
+def test_stage1_eval_more_held_out_identities(face_workdir, tmp_path):
+    # 3 held-out identities where the run has 2: the run's 2 and SynthTalk's next test identity,
+    # each driven by the next one identity.
+    from vasa_jax.data import builders
+
+    r = eval1.evaluate(face_workdir, str(tmp_path / "eval3"), cross_frames=3, held_out=3,
+                       cross_drivers=1, bootstrap=100)
+    assert r["held_out_identities"] == 3
+    assert r["self_psnr_pairs"] == 3 * 2 * 2 * 19 and r["cross_psnr_pairs"] == 3 * 1 * 3
+    assert r["identity_probe"]["chance"] == pytest.approx(1 / 3)
+    st = json.load(open(os.path.join(face_workdir, "config.json")))["data"]["synthtalk"]
+    two = builders.test_identity_ids(builders.SynthTalkConfig(**st))
+    three = builders.test_identity_ids(builders.SynthTalkConfig(**dict(st, num_test_identities=3)))
+    assert three[:2] == two and len(set(three)) == 3
+    with pytest.raises(ValueError, match="cross_drivers"):
+        eval1.evaluate(face_workdir, str(tmp_path / "bad"), cross_drivers=0)
 
 
 def test_stage2_eval_end_to_end(face_workdir, motion_workdir, tmp_path):

@@ -1,13 +1,14 @@
 """Stage-1 evaluation on held-out SynthTalk identities.
 
-    python -m vasa_jax.eval.face_latent --workdir W [--out W/eval]
+    python -m vasa_jax.eval.face_latent --workdir W [--out W/eval] [--held_out 64]
 
 Reads the run's config and latest checkpoint (EMA weights) from the stage-1 workdir and reports:
 
 - **self-reenactment PSNR**: for every held-out clip, frames 0 and T/2 are sources and every
   other frame of that clip is a driver; the reconstruction is compared with the driver frame.
 - **cross-identity PSNR**: the first clip of each held-out identity is the source (frame 0); the
-  drivers are frames of every other held-out identity's first clip. The reference is SynthTalk's
+  drivers are frames of the next `cross_drivers` (7) held-out identities' first clips (with 8
+  held-out identities: every other one). The reference is SynthTalk's
   own render of the *source* identity with the *driver's* factors (pose, translation, distance,
   gaze, blink, mouth, emotion) — the image a perfect reenactment would produce.
 - **disentanglement**: ridge probes fitted on the train identities' codes, scored (R²) on the
@@ -15,6 +16,9 @@ Reads the run's config and latest checkpoint (EMA weights) from the stage-1 work
   blink, emotion (one-hot, plus argmax accuracy). Identity probes on the held-out identities
   (fitted on clip 0, tested on clip 1): from z_dyn (should be near chance), z_pose, z_id.
 - baselines: the PSNR of simply returning the source frame (no motion transferred), for both.
+- 90% intervals (`ci90`) for the four targeted figures, from resampling the held-out
+  identities: with the run's 8 identities a probe's R² moves by several hundredths with which
+  faces happen to be held out; `--held_out 64` renders more of SynthTalk's test identities.
 - a sample grid PNG: source | driver | self-recon | cross driver | cross result | truth.
 
 Writes `OUT/eval.json` and `OUT/samples.png`. PSNR is on 8-bit RGB frames (peak 255).
@@ -79,10 +83,37 @@ def r2_score(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return 1.0 - sse / np.maximum(sst, 1e-12)
 
 
-def probe_r2(x_train, y_train, x_test, y_test, alpha: float = 1e-3) -> dict:
+def probe_r2(x_train, y_train, x_test, y_test, alpha: float = 1e-3,
+             return_pred: bool = False) -> dict:
     probe = ridge_fit(x_train, y_train, alpha)
-    per_dim = r2_score(y_test, ridge_predict(probe, x_test))
-    return dict(r2=float(np.mean(per_dim)), r2_per_dim=[float(v) for v in per_dim])
+    pred = ridge_predict(probe, x_test)
+    per_dim = r2_score(y_test, pred)
+    out = dict(r2=float(np.mean(per_dim)), r2_per_dim=[float(v) for v in per_dim])
+    if return_pred:
+        out["pred"] = pred
+    return out
+
+
+def bootstrap_ci(groups: np.ndarray, statistic, *, draws: int = 1000, level: float = 0.9,
+                 seed: int = 0) -> list[float]:
+    """Percentile interval of `statistic(index array)` over `draws` resamplings of the groups.
+
+    groups: [N] group label per item (here: the held-out identity of each frame or pair). Each
+    draw picks as many groups as there are, with replacement, and passes the indices of all
+    their items (a group drawn twice counts twice) to `statistic`. Identities, not frames, are
+    the independent units: frames of one face share its biases.
+    """
+    groups = np.asarray(groups)
+    labels, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(labels))]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        pick = rng.integers(0, len(labels), len(labels))
+        values.append(statistic(np.concatenate([members[g] for g in pick])))
+    tail = 100.0 * (1.0 - level) / 2.0
+    lo, hi = np.percentile(values, [tail, 100.0 - tail])
+    return [float(lo), float(hi)]
 
 
 def probe_accuracy(x_train, labels_train, x_test, labels_test, alpha: float = 1e-3) -> float:
@@ -149,7 +180,17 @@ def _codes(encode, clips: list[dict], keep_app: bool = False) -> list[dict]:
 
 
 def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = None,
-             cross_frames: int = 10, grid_rows: int = 6) -> dict[str, Any]:
+             cross_frames: int = 10, grid_rows: int = 6, held_out: int = 0,
+             cross_drivers: int = 7, bootstrap: int = 1000) -> dict[str, Any]:
+    """Evaluates a stage-1 run (see the module doc); writes OUT/eval.json and OUT/samples.png.
+
+    held_out: how many held-out SynthTalk identities (0: the run's own test split). SynthTalk's
+    test identities are a fixed sequence, so N > 8 keeps the first 8 and adds more; they are
+    rendered under the run's data dir on first use (train identities are not re-rendered).
+    cross_drivers: each source identity is driven by the next `cross_drivers` held-out
+    identities in order (all the others when there are at most cross_drivers + 1).
+    bootstrap: resamplings of the held-out identities for the 90% intervals in `ci90` (0: none).
+    """
     from vasa_jax.data import builders, synthtalk
     from vasa_jax.data.synthtalk.identity import sample_identity
     from vasa_jax.train.face_latent import restore_generator, save_sample_grid
@@ -161,7 +202,15 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
     sources = builders.prepare_synthtalk(data_dir, **st)
     resolution = int(st["resolution"])
     encode, decode = _jitted(gen)
-    train_clips, test_clips = _load_split(sources["train"]), _load_split(sources["test"])
+    if held_out < 0 or cross_drivers < 1 or bootstrap < 0:
+        raise ValueError(f"held_out must be >= 0, cross_drivers >= 1 and bootstrap >= 0; got "
+                         f"{held_out}, {cross_drivers}, {bootstrap}")
+    test_source = sources["test"]
+    if held_out and held_out != int(st["num_test_identities"]):
+        # Only the test split is wanted: one train identity keeps the extra render small.
+        test_source = builders.prepare_synthtalk(
+            data_dir, **dict(st, num_train_identities=1, num_test_identities=held_out))["test"]
+    train_clips, test_clips = _load_split(sources["train"]), _load_split(test_source)
     log.info("encoding %d train and %d test clips", len(train_clips), len(test_clips))
     train_codes = _codes(encode, train_clips)
     test_codes = _codes(encode, test_clips)
@@ -174,7 +223,7 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
         first_clip.setdefault(int(clip["identity"]), ci)
 
     # Self-reenactment: sources frame 0 and T/2 of each held-out clip, every other frame drives.
-    self_psnr, copy_psnr, grid = [], [], {}
+    self_psnr, copy_psnr, grid, self_ids = [], [], {}, []
     for ci, clip in enumerate(test_clips):
         frames = clip["frames"]
         t = len(frames)
@@ -184,6 +233,7 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
             src_rep = jax.tree.map(lambda a: np.repeat(a, len(drivers), 0), src)
             recon = _batched(decode, src_rep, take(test_codes[ci], drivers))
             self_psnr.extend(psnr(recon, frames[drivers]).tolist())
+            self_ids.extend([int(clip["identity"])] * len(drivers))
             copy_psnr.extend(psnr(frames[s_idx][None], frames[drivers]).tolist())
             if s_idx == 0 and first_clip[int(clip["identity"])] == ci:
                 k = len(drivers) // 2
@@ -191,14 +241,14 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
 
     # Cross-identity: source = first clip of identity A (frame 0), drivers = frames of the first
     # clip of every other held-out identity; reference = SynthTalk render of A with their factors.
-    cross_psnr, cross_copy_psnr, cross_rows = [], [], {}
+    cross_psnr, cross_copy_psnr, cross_rows, cross_ids = [], [], {}, []
     factor_keys = ("rotation", "translation", "distance", "eye_gaze", "blink", "mouth")
-    for a_id, a_ci in first_clip.items():
+    order = list(first_clip.items())
+    for ai, (a_id, a_ci) in enumerate(order):
         src = _batched(encode, test_clips[a_ci]["frames"][:1])
         identity_a = sample_identity(a_id)
-        for b_id, b_ci in first_clip.items():
-            if b_id == a_id:
-                continue
+        for j in range(1, min(cross_drivers, len(order) - 1) + 1):
+            b_ci = order[(ai + j) % len(order)][1]
             drv_clip = test_clips[b_ci]
             t = len(drv_clip["frames"])
             idx = np.linspace(0, t - 1, cross_frames).round().astype(int)
@@ -208,6 +258,7 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
             src_rep = jax.tree.map(lambda a: np.repeat(a, len(idx), 0), src)
             result = _batched(decode, src_rep, take(test_codes[b_ci], idx))
             cross_psnr.extend(psnr(result, truth).tolist())
+            cross_ids.extend([a_id] * len(idx))
             cross_copy_psnr.extend(psnr(test_clips[a_ci]["frames"][:1], truth).tolist())
             if a_ci not in cross_rows:
                 k = len(idx) // 2
@@ -226,7 +277,7 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
         e[:, int(c["emotion"])] = 1.0
         return e
 
-    probes = {}
+    probes, test_truth = {}, {}
     for name, code, fn in [
         ("pose_rotation", "z_pose", lambda c: c["rotation"]),
         ("pose_translation", "z_pose", lambda c: c["translation"]),
@@ -242,7 +293,21 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
     ]:
         xtr, ytr = stack(train_codes, train_clips, code, name, fn)
         xte, yte = stack(test_codes, test_clips, code, name, fn)
-        probes[name] = probe_r2(xtr, ytr, xte, yte)
+        probes[name] = probe_r2(xtr, ytr, xte, yte, return_pred=True)
+        test_truth[name] = yte
+    frame_ids = np.concatenate([np.full(len(c["frames"]), int(c["identity"])) for c in test_clips])
+    ci90 = {}
+    if bootstrap:
+        boot = dict(draws=bootstrap)
+        sp, cp = np.asarray(self_psnr), np.asarray(cross_psnr)
+        ci90["self_psnr"] = bootstrap_ci(np.asarray(self_ids), lambda i: sp[i].mean(), **boot)
+        ci90["cross_psnr"] = bootstrap_ci(np.asarray(cross_ids), lambda i: cp[i].mean(), **boot)
+        for name, key in (("pose_rotation", "pose_r2"), ("dyn_mouth", "mouth_r2")):
+            y, pred = test_truth[name], probes[name]["pred"]
+            ci90[key] = bootstrap_ci(frame_ids,
+                                     lambda i: float(np.mean(r2_score(y[i], pred[i]))), **boot)
+    for p in probes.values():
+        p.pop("pred")
     emo_tr = np.concatenate([np.full(len(c["frames"]), int(c["emotion"])) for c in train_clips])
     emo_te = np.concatenate([np.full(len(c["frames"]), int(c["emotion"])) for c in test_clips])
     probes["dyn_emotion"]["accuracy"] = probe_accuracy(
@@ -265,6 +330,7 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
         "workdir": os.path.abspath(workdir),
         "step": trained_step,
         "data": st,
+        "held_out_identities": len(first_clip),
         "self_psnr": float(np.mean(self_psnr)),
         "self_psnr_pairs": len(self_psnr),
         "cross_psnr": float(np.mean(cross_psnr)),
@@ -274,6 +340,8 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
         "cross_psnr_pairs": len(cross_psnr),
         "probes": probes,
         "identity_probe": identity_probe,
+        # 90% percentile intervals over resamplings of the held-out identities.
+        "ci90": ci90,
         "targets": TARGETS,
     }
     result["meets"] = {
@@ -295,7 +363,7 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
 def summary(result: dict) -> str:
     p = result["probes"]
     lines = [
-        f"step {result['step']}",
+        f"step {result['step']}, {result['held_out_identities']} held-out identities",
         f"self-reenactment PSNR  {result['self_psnr']:.2f} dB ({result['self_psnr_pairs']} pairs)",
         f"cross-identity PSNR    {result['cross_psnr']:.2f} dB "
         f"({result['cross_psnr_pairs']} pairs)",
@@ -305,6 +373,8 @@ def summary(result: dict) -> str:
     for k, v in p.items():
         extra = f"  acc {v['accuracy']:.3f} (chance {v['chance']:.3f})" if "accuracy" in v else ""
         lines.append(f"R² {k:<18} {v['r2']:.3f}{extra}")
+    for k, (lo, hi) in result.get("ci90", {}).items():
+        lines.append(f"90% interval over held-out identities: {k:<10} {lo:.3f} … {hi:.3f}")
     ip = result["identity_probe"]
     lines.append("identity probe accuracy (chance %.3f): z_dyn %.3f, z_pose %.3f, z_id %.3f"
                  % (ip["chance"], ip["z_dyn"], ip["z_pose"], ip["z_id"]))
@@ -316,7 +386,12 @@ def main(argv):
     from absl import flags
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = evaluate(flags.FLAGS.workdir, flags.FLAGS.out or None)
+    f = flags.FLAGS
+    try:
+        result = evaluate(f.workdir, f.out or None, held_out=f.held_out,
+                          cross_drivers=f.cross_drivers, bootstrap=f.bootstrap)
+    except ValueError as e:
+        raise SystemExit(f"vasa_jax.eval.face_latent: {e}") from None
     print(summary(result))
 
 
@@ -325,5 +400,9 @@ if __name__ == "__main__":
 
     flags.DEFINE_string("workdir", None, "stage-1 workdir (config.json + checkpoints/)")
     flags.DEFINE_string("out", "", "output folder (default WORKDIR/eval)")
+    flags.DEFINE_integer("held_out", 0, "held-out SynthTalk identities (0: the run's test split; "
+                         "larger sets keep its identities and add more)")
+    flags.DEFINE_integer("cross_drivers", 7, "driver identities per cross-identity source")
+    flags.DEFINE_integer("bootstrap", 1000, "identity resamplings for the 90% intervals (0: off)")
     flags.mark_flags_as_required(["workdir"])
     app.run(main)
