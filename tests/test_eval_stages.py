@@ -63,6 +63,8 @@ def test_stage1_eval_end_to_end(face_workdir, tmp_path):
     assert set(r["meets"]) == {"self_psnr", "cross_psnr", "pose_r2", "mouth_r2"}
     assert os.path.getsize(os.path.join(out, "samples.png")) > 0
     assert r["held_out_identities"] == 2
+    assert set(r["probes_seen_faces"]) == {"pose_rotation", "dyn_mouth"}
+    assert all(np.isfinite(v["r2"]) for v in r["probes_seen_faces"].values())
     for key in ("self_psnr", "cross_psnr", "pose_r2", "mouth_r2"):
         lo, hi = r["ci90"][key]
         assert np.isfinite(lo) and lo <= hi

@@ -315,6 +315,20 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
         stack(test_codes, test_clips, "z_dyn"), emo_te)
     probes["dyn_emotion"]["chance"] = float(np.max(np.bincount(emo_te)) / len(emo_te))
 
+    # The same two targeted probes on faces the encoders were trained on: fitted on half the
+    # train identities, scored on the other half. The gap to the held-out figures is what
+    # generalising to new faces costs (the probe itself is equally linear in both).
+    train_ids = np.array([int(c["identity"]) for c in train_clips])
+    fit_half = np.isin(train_ids, np.unique(train_ids)[::2])
+    probes_seen = {}
+    if fit_half.any() and (~fit_half).any():
+        for name, code, fn in [("pose_rotation", "z_pose", lambda c: c["rotation"]),
+                               ("dyn_mouth", "z_dyn", lambda c: c["mouth"])]:
+            fit, score = (stack([train_codes[i] for i in np.flatnonzero(m)],
+                            [train_clips[i] for i in np.flatnonzero(m)], code, name, fn)
+                      for m in (fit_half, ~fit_half))
+            probes_seen[name] = probe_r2(*fit, *score)
+
     # Identity probes on the held-out identities: fit on each identity's first clip, test on
     # the rest.
     ids = np.concatenate([np.full(len(c["frames"]), int(c["identity"])) for c in test_clips])
@@ -339,6 +353,7 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
         "cross_psnr_copy_source": float(np.mean(cross_copy_psnr)),
         "cross_psnr_pairs": len(cross_psnr),
         "probes": probes,
+        "probes_seen_faces": probes_seen,
         "identity_probe": identity_probe,
         # 90% percentile intervals over resamplings of the held-out identities.
         "ci90": ci90,
@@ -373,6 +388,8 @@ def summary(result: dict) -> str:
     for k, v in p.items():
         extra = f"  acc {v['accuracy']:.3f} (chance {v['chance']:.3f})" if "accuracy" in v else ""
         lines.append(f"R² {k:<18} {v['r2']:.3f}{extra}")
+    for k, v in result.get("probes_seen_faces", {}).items():
+        lines.append(f"R² {k:<18} {v['r2']:.3f} on faces seen in training (other half)")
     for k, (lo, hi) in result.get("ci90", {}).items():
         lines.append(f"90% interval over held-out identities: {k:<10} {lo:.3f} … {hi:.3f}")
     ip = result["identity_probe"]
