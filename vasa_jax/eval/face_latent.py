@@ -191,6 +191,9 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
     identities in order (all the others when there are at most cross_drivers + 1).
     bootstrap: resamplings of the held-out identities for the 90% intervals in `ci90` (0: none).
     """
+    if held_out < 0 or cross_drivers < 1 or bootstrap < 0:
+        raise ValueError(f"held_out must be >= 0, cross_drivers >= 1 and bootstrap >= 0; got "
+                         f"{held_out}, {cross_drivers}, {bootstrap}")
     from vasa_jax.data import builders, synthtalk
     from vasa_jax.data.synthtalk.identity import sample_identity
     from vasa_jax.train.face_latent import restore_generator, save_sample_grid
@@ -202,9 +205,6 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
     sources = builders.prepare_synthtalk(data_dir, **st)
     resolution = int(st["resolution"])
     encode, decode = _jitted(gen)
-    if held_out < 0 or cross_drivers < 1 or bootstrap < 0:
-        raise ValueError(f"held_out must be >= 0, cross_drivers >= 1 and bootstrap >= 0; got "
-                         f"{held_out}, {cross_drivers}, {bootstrap}")
     test_source = sources["test"]
     if held_out and held_out != int(st["num_test_identities"]):
         # Only the test split is wanted: one train identity keeps the extra render small.
@@ -277,7 +277,24 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
         e[:, int(c["emotion"])] = 1.0
         return e
 
-    probes, test_truth = {}, {}
+    def frame_identities(clips):
+        return np.concatenate([np.full(len(c["frames"]), int(c["identity"])) for c in clips])
+
+    ci90 = {}
+    if bootstrap:
+        sp, cp = np.asarray(self_psnr), np.asarray(cross_psnr)
+        ci90["self_psnr"] = bootstrap_ci(np.asarray(self_ids), lambda i: sp[i].mean(),
+                                         draws=bootstrap)
+        ci90["cross_psnr"] = bootstrap_ci(np.asarray(cross_ids), lambda i: cp[i].mean(),
+                                          draws=bootstrap)
+    ids = frame_identities(test_clips)
+    # The two targeted probes are also scored on faces the encoders were trained on: fitted on
+    # half the train identities' frames, scored on the other half's. The gap to the held-out
+    # figures is what generalising to new faces costs (the probe is equally linear in both).
+    train_ids = frame_identities(train_clips)
+    fit_half = np.isin(train_ids, np.unique(train_ids)[::2])
+    targeted = {"pose_rotation": "pose_r2", "dyn_mouth": "mouth_r2"}
+    probes, probes_seen = {}, {}
     for name, code, fn in [
         ("pose_rotation", "z_pose", lambda c: c["rotation"]),
         ("pose_translation", "z_pose", lambda c: c["translation"]),
@@ -294,20 +311,15 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
         xtr, ytr = stack(train_codes, train_clips, code, name, fn)
         xte, yte = stack(test_codes, test_clips, code, name, fn)
         probes[name] = probe_r2(xtr, ytr, xte, yte, return_pred=True)
-        test_truth[name] = yte
-    frame_ids = np.concatenate([np.full(len(c["frames"]), int(c["identity"])) for c in test_clips])
-    ci90 = {}
-    if bootstrap:
-        boot = dict(draws=bootstrap)
-        sp, cp = np.asarray(self_psnr), np.asarray(cross_psnr)
-        ci90["self_psnr"] = bootstrap_ci(np.asarray(self_ids), lambda i: sp[i].mean(), **boot)
-        ci90["cross_psnr"] = bootstrap_ci(np.asarray(cross_ids), lambda i: cp[i].mean(), **boot)
-        for name, key in (("pose_rotation", "pose_r2"), ("dyn_mouth", "mouth_r2")):
-            y, pred = test_truth[name], probes[name]["pred"]
-            ci90[key] = bootstrap_ci(frame_ids,
-                                     lambda i: float(np.mean(r2_score(y[i], pred[i]))), **boot)
-    for p in probes.values():
-        p.pop("pred")
+        pred = probes[name].pop("pred")
+        if name not in targeted:
+            continue
+        if bootstrap:
+            ci90[targeted[name]] = bootstrap_ci(
+                ids, lambda i: float(np.mean(r2_score(yte[i], pred[i]))), draws=bootstrap)
+        if fit_half.any() and (~fit_half).any():
+            probes_seen[name] = probe_r2(xtr[fit_half], ytr[fit_half], xtr[~fit_half],
+                                         ytr[~fit_half])
     emo_tr = np.concatenate([np.full(len(c["frames"]), int(c["emotion"])) for c in train_clips])
     emo_te = np.concatenate([np.full(len(c["frames"]), int(c["emotion"])) for c in test_clips])
     probes["dyn_emotion"]["accuracy"] = probe_accuracy(
@@ -315,23 +327,8 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
         stack(test_codes, test_clips, "z_dyn"), emo_te)
     probes["dyn_emotion"]["chance"] = float(np.max(np.bincount(emo_te)) / len(emo_te))
 
-    # The same two targeted probes on faces the encoders were trained on: fitted on half the
-    # train identities, scored on the other half. The gap to the held-out figures is what
-    # generalising to new faces costs (the probe itself is equally linear in both).
-    train_ids = np.array([int(c["identity"]) for c in train_clips])
-    fit_half = np.isin(train_ids, np.unique(train_ids)[::2])
-    probes_seen = {}
-    if fit_half.any() and (~fit_half).any():
-        for name, code, fn in [("pose_rotation", "z_pose", lambda c: c["rotation"]),
-                               ("dyn_mouth", "z_dyn", lambda c: c["mouth"])]:
-            fit, score = (stack([train_codes[i] for i in np.flatnonzero(m)],
-                            [train_clips[i] for i in np.flatnonzero(m)], code, name, fn)
-                      for m in (fit_half, ~fit_half))
-            probes_seen[name] = probe_r2(*fit, *score)
-
     # Identity probes on the held-out identities: fit on each identity's first clip, test on
     # the rest.
-    ids = np.concatenate([np.full(len(c["frames"]), int(c["identity"])) for c in test_clips])
     is_first = np.concatenate([np.full(len(c["frames"]), first_clip[int(c["identity"])] == ci)
                                for ci, c in enumerate(test_clips)])
     identity_probe = {"chance": 1.0 / len(first_clip)}
