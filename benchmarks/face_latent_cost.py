@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vasa_jax.models.face import POSE_DIM, build_model
+from vasa_jax.models.face import POSE_DIM, build_model, input_size
 
 SUBMODULES = ("appearance", "identity", "motion", "warp_s2c", "warp_c2d", "decoder")
 
@@ -70,7 +70,7 @@ def main():
     )
 
     if not args.skip_flops:
-        s, b = cfg.image_size, 1
+        s, b = input_size(cfg), 1  # the frames the model reads (model.input_size)
         img = jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32)
 
         def forward(state, source, driver):

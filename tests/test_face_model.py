@@ -119,6 +119,43 @@ def test_motion_stem_stride_is_the_motion_encoders_own():
     chex.assert_shape((z_pose, z_dyn), ((2, POSE_DIM), (2, cfg.dyn_dim)))
 
 
+def test_input_size_feeds_the_motion_encoder_the_larger_frame():
+    """model.input_size = 2·image_size: the motion encoder reads the frame at input size (one
+    more downsampling, same code shapes), the other encoders and the decoder work at image_size
+    on the frame's 2×2 box filter. The appearance pieces of a 2× frame equal those of its box
+    filter fed to a model without input_size (same weights), while the motion codes see detail
+    that the box filter removes."""
+    cfg, model = _make_test_model(input_size=128, motion_stem_stride=2)
+    s = cfg.image_size
+    big = _images(jax.random.key(21), 2, 2 * s)
+    small = big.reshape(2, s, 2, s, 2, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(model.output_view(big), small, atol=1e-6)
+    enc = model.encode(big)
+    chex.assert_shape((enc["z_pose"], enc["z_dyn"]), ((2, POSE_DIM), (2, cfg.dyn_dim)))
+    assert model.motion.trunk.stem.strides == 2 and len(model.motion.trunk.blocks) == 3
+    # Stride 1 on the small frame: the same layers, so every parameter has the same shape.
+    _, plain = _make_test_model(motion_stem_stride=1)
+    nnx.update(plain, nnx.state(model))
+    ref = plain.encode(small)
+    for k in ("v_app", "z_id"):
+        np.testing.assert_allclose(enc[k], ref[k], rtol=1e-5, atol=1e-5)
+    # Detail finer than the box filter (a ±checkerboard, which it averages away) moves the
+    # motion codes but not the appearance.
+    checker = 0.3 * (-1.0) ** (jnp.arange(2 * s)[:, None] + jnp.arange(2 * s)[None, :])
+    moved = model.encode(big + checker[None, :, :, None])
+    assert float(jnp.max(jnp.abs(moved["z_dyn"] - enc["z_dyn"]))) > 1e-3
+    np.testing.assert_allclose(moved["v_app"], enc["v_app"], rtol=1e-4, atol=1e-4)
+    chex.assert_shape(model(big, big), (2, s, s, 3))
+    with pytest.raises(AssertionError):  # frames at image_size are the wrong input now
+        model.encode(small)
+
+
+@pytest.mark.parametrize("value", [96, 32, -64])
+def test_bad_input_size_names_the_field(value):
+    with pytest.raises(ConfigError, match="input_size"):
+        _make_test_model(input_size=value)
+
+
 def test_group_norms_keep_several_channels_per_group():
     from vasa_jax.models.layers import num_groups
     assert [num_groups(c) for c in (8, 16, 32, 64, 128, 512, 6)] == [2, 4, 8, 16, 32, 32, 1]

@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vasa_jax.models.face import box_downsample
+
 log = logging.getLogger(__name__)
 
 TARGETS = {"self_psnr": 28.0, "cross_psnr": 24.0, "pose_r2": 0.95, "mouth_r2": 0.9}
@@ -204,6 +206,14 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
     st = config.data.synthtalk.to_dict()
     sources = builders.prepare_synthtalk(data_dir, **st)
     resolution = int(st["resolution"])
+    factor = gen.input_size // gen.image_size  # > 1: frames come at input_size, drawn smaller
+
+    def small(frames):  # uint8 frames at input_size → at image_size, what the decoder draws
+        if factor == 1:
+            return frames
+        return np.round(np.asarray(box_downsample(frames.astype(np.float32), factor))
+                        ).astype(np.uint8)
+
     encode, decode = _jitted(gen)
     test_source = sources["test"]
     if held_out and held_out != int(st["num_test_identities"]):
@@ -225,9 +235,10 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
     # Self-reenactment: sources frame 0 and T/2 of each held-out clip, every other frame drives.
     self_psnr, copy_psnr, grid, self_ids = [], [], {}, []
     for ci, clip in enumerate(test_clips):
-        frames = clip["frames"]
-        t = len(frames)
-        full = _batched(encode, frames[:1]), _batched(encode, frames[t // 2:t // 2 + 1])
+        t = len(clip["frames"])
+        full = (_batched(encode, clip["frames"][:1]),
+                _batched(encode, clip["frames"][t // 2:t // 2 + 1]))
+        frames = small(clip["frames"])
         for s_idx, src in zip((0, t // 2), full):
             drivers = np.asarray([i for i in range(t) if i != s_idx])
             src_rep = jax.tree.map(lambda a: np.repeat(a, len(drivers), 0), src)
@@ -253,16 +264,17 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
             t = len(drv_clip["frames"])
             idx = np.linspace(0, t - 1, cross_frames).round().astype(int)
             factors = {k: drv_clip[k][idx] for k in factor_keys}
-            truth = synthtalk.render_frames(identity_a, factors, int(drv_clip["emotion"]),
-                                            resolution)
+            truth = small(synthtalk.render_frames(identity_a, factors,
+                                                  int(drv_clip["emotion"]), resolution))
             src_rep = jax.tree.map(lambda a: np.repeat(a, len(idx), 0), src)
             result = _batched(decode, src_rep, take(test_codes[b_ci], idx))
             cross_psnr.extend(psnr(result, truth).tolist())
             cross_ids.extend([a_id] * len(idx))
-            cross_copy_psnr.extend(psnr(test_clips[a_ci]["frames"][:1], truth).tolist())
+            cross_copy_psnr.extend(psnr(small(test_clips[a_ci]["frames"][:1]), truth).tolist())
             if a_ci not in cross_rows:
                 k = len(idx) // 2
-                cross_rows[a_ci] = [drv_clip["frames"][idx[k]], result[k], truth[k]]
+                cross_rows[a_ci] = [small(drv_clip["frames"][idx[k:k + 1]])[0], result[k],
+                                    truth[k]]
 
     # Probes: fit on train identities, score on held-out identities.
     def stack(codes, clips, key_code, key_truth=None, fn=None):
@@ -342,6 +354,9 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
         "step": trained_step,
         "data": st,
         "held_out_identities": len(first_clip),
+        # Frames are encoded at input_size; PSNRs compare at image_size (box-filtered truth).
+        "image_size": int(gen.image_size),
+        "input_size": int(gen.input_size),
         "self_psnr": float(np.mean(self_psnr)),
         "self_psnr_pairs": len(self_psnr),
         "cross_psnr": float(np.mean(cross_psnr)),

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vasa_jax.errors import ConfigError
 from vasa_jax.eval.face_latent import probe_r2, ridge_fit, ridge_predict
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,10 @@ def evaluate(face_workdir: str, motion_workdir: str, out_dir: str | None = None,
 
     model, mcfg, norm, m_step = restore_motion_model(motion_workdir)
     gen, fcfg, f_step = restore_generator(face_workdir)
+    if gen.input_size != gen.image_size:
+        raise ConfigError(f"{face_workdir} reads {gen.input_size}² frames but draws "
+                          f"{gen.image_size}²: this evaluation re-encodes the frames it draws, "
+                          "so use a stage 1 trained without model.input_size")
     out_dir = out_dir or os.path.join(motion_workdir, "eval")
     info = latents.read_info(mcfg.latents_dir)
     train_src = latents.LatentSource(mcfg.latents_dir, "train")

@@ -58,7 +58,13 @@ class Bundle:
 
     @property
     def image_size(self) -> int:
+        """Side of the frames the face model draws."""
         return int(self.manifest["face"]["model"]["image_size"])
+
+    @property
+    def input_size(self) -> int:
+        """Side of the frames the face model reads (model.input_size; 0 or absent: image_size)."""
+        return int(self.manifest["face"]["model"].get("input_size", 0) or self.image_size)
 
 
 class ModelFields(dict):

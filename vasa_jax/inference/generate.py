@@ -130,7 +130,7 @@ class _Resolved:
 class Source:
     """A prepared portrait: the model-size crop and its cached stage-1 latents (batch 1)."""
 
-    image: np.ndarray            # uint8 [S, S, 3]
+    image: np.ndarray            # uint8 [I, I, 3], I = the face model's input size
     box: Box                     # crop box in the input image
     latents: dict                # v_app, z_id, z_pose, z_dyn, v_can (canonical volume)
 
@@ -421,7 +421,8 @@ class Generator:
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.face, self.motion = bundle.face, bundle.motion
-        self.image_size = int(bundle.image_size)
+        self.image_size = int(bundle.image_size)   # frames drawn
+        self.input_size = int(bundle.input_size)   # portrait and driving crops read
         self.detector = detector
         self.norm = Normalizer(bundle.stats)
         self.traces: collections.Counter = collections.Counter()
@@ -455,7 +456,7 @@ class Generator:
         self._face_state = f_state
         count = self._count
 
-        def encode(state, images):                       # uint8 [1, S, S, 3]
+        def encode(state, images):                       # uint8 [1, I, I, 3]
             count("encode")
             model = nnx.merge(f_def, state)
             lat = model.encode(images.astype(jnp.float32) / 127.5 - 1.0)
@@ -468,7 +469,7 @@ class Generator:
                 lat["v_can"] = canonical
             return lat
 
-        def encode_motion(state, images):                # uint8 [R, S, S, 3]
+        def encode_motion(state, images):                # uint8 [R, I, I, 3]
             count("encode_motion")
             z_pose, z_dyn = nnx.merge(f_def, state).encode_motion(
                 images.astype(jnp.float32) / 127.5 - 1.0)
@@ -613,7 +614,7 @@ class Generator:
                 raise ConfigError(f"no face found in {name}: pass a face box (x0, y0, x1, y1) "
                                   "or use an image with a clearly visible face")
         used = centre_box(h, w) if box is None else square_box(box, h, w)
-        return crop_resize(rgb, used, self.image_size, name), used
+        return crop_resize(rgb, used, self.input_size, name), used
 
     def _source(self, source: Source | None) -> Source:
         src = source or self.source
@@ -672,7 +673,7 @@ class Generator:
                 if crop_box is None:
                     crop, _ = self._crop(frames[i], None, name)
                 else:
-                    crop = crop_resize(frames[i], crop_box, self.image_size, name)
+                    crop = crop_resize(frames[i], crop_box, self.input_size, name)
                 crops.append(crop)
             n = len(crops)
             crops += [crops[-1]] * (r - n)

@@ -93,10 +93,11 @@ def check_model_config(cfg: Any) -> int:
     check(stride in (1, 2, 4) and 2 * stride <= ratio and 2 ** cfg.encoder_downsamples >= stride,
           f"model.stem_stride={stride!r} is invalid: use 1, 2 or 4, at most half of "
           f"image_size/volume_size={ratio} and at most 2**encoder_downsamples")
+    size = input_size(cfg)
     m = _motion_stem_stride(cfg)
-    check(m in (1, 2, 4) and 2 ** cfg.encoder_downsamples >= m,
+    check(m in (1, 2, 4) and 2 ** cfg.encoder_downsamples * size // cfg.image_size >= m,
           f"model.motion_stem_stride={m!r} is invalid: use 1, 2 or 4 (at most "
-          "2**encoder_downsamples), or 0 for model.stem_stride")
+          "2**encoder_downsamples · input_size/image_size), or 0 for model.stem_stride")
     skip_static(cfg)
     return int(np.log2(ratio))
 
@@ -105,6 +106,40 @@ def _stem_stride(cfg: Any) -> int:
     """Stride of every encoder's first conv (`model.stem_stride`, default 1). 2 runs the first
     residual stage at half resolution — 4× fewer FLOPs where the 64² encoders spend most."""
     return int(cfg.get("stem_stride", 1))
+
+
+def input_size(cfg: Any) -> int:
+    """`model.input_size`: the side of the frames the model takes (0 or absent: image_size).
+
+    Larger (image_size times a power of two), only the motion encoder reads the frames at that
+    size; the appearance, identity and skip encoders and every image loss see them box-filtered
+    down to image_size, the size the decoder draws (`output_view`). Pose and expression are
+    sub-pixel at 64² (2° of roll lifts one eye by half a pixel, a 10% wider mouth is a third of
+    one), while a 64² canvas is what the 3D warp and the decoder can afford on a CPU. SynthTalk's
+    128² frames box-filtered to 64² equal its 64² render at supersample 2."""
+    raw = cfg.get("input_size", 0) or cfg.image_size
+    ok = isinstance(raw, (int, np.integer)) and not isinstance(raw, bool)
+    ratio = int(raw) // int(cfg.image_size) if ok else 0
+    check(ok and raw % cfg.image_size == 0 and ratio >= 1 and ratio & (ratio - 1) == 0,
+          f"model.input_size={raw!r} is invalid: use 0 (image_size) or image_size="
+          f"{cfg.image_size} times a power of two, e.g. {2 * cfg.image_size}")
+    return int(raw)
+
+
+def box_downsample(images: jax.Array, factor: int) -> jax.Array:
+    """[B, H, W, C] → [B, H/factor, W/factor, C]: the mean of each factor × factor block."""
+    if factor == 1:
+        return images
+    b, h, w, c = images.shape
+    check(h % factor == 0 and w % factor == 0,
+          f"box_downsample: a {h}×{w} image does not divide into {factor}×{factor} blocks")
+    return images.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+
+
+def output_view(cfg: Any, images: jax.Array) -> jax.Array:
+    """Frames at `input_size` → the same frames at image_size (what the decoder draws and the
+    losses compare against); unchanged when the two sizes are equal."""
+    return box_downsample(images, input_size(cfg) // cfg.image_size)
 
 
 def _motion_stem_stride(cfg: Any) -> int:
@@ -291,9 +326,11 @@ class MotionEncoder(nnx.Module):
         self.pool = cfg.get("motion_pool", "mean")
         check(self.pool in ("mean", "spatial"),
               f"model.motion_pool={self.pool!r} is invalid: use 'mean' or 'spatial'")
+        # A larger input_size adds downsamplings so the last map has the same side.
+        extra = int(np.log2(input_size(cfg) // cfg.image_size))
         self.trunk = _Trunk2D(cfg.encoder_channels, cfg.encoder_max_channels,
-                              cfg.encoder_downsamples, rngs=rngs, pool=self.pool == "mean",
-                              stem_stride=_motion_stem_stride(cfg))
+                              cfg.encoder_downsamples + extra, rngs=rngs,
+                              pool=self.pool == "mean", stem_stride=_motion_stem_stride(cfg))
         feats = self.trunk.out_features
         if self.pool == "spatial":
             side = cfg.image_size // 2 ** cfg.encoder_downsamples
@@ -484,6 +521,7 @@ class FaceLatentModel(nnx.Module):
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
         check_model_config(cfg)
         self.image_size = cfg.image_size
+        self.input_size = input_size(cfg)
         self.appearance = AppearanceEncoder(cfg, rngs=rngs)
         self.identity = IdentityEncoder(cfg, rngs=rngs)
         self.motion = MotionEncoder(cfg, rngs=rngs)
@@ -494,18 +532,25 @@ class FaceLatentModel(nnx.Module):
         if self.skip:
             self.skip_encoder = SkipEncoder(self.skip, rngs=rngs, keep_image=skip_blend(cfg))
 
+    def output_view(self, image: jax.Array) -> jax.Array:
+        """image [B, I, I, C] at input_size → [B, S, S, C] at image_size (box filter; the
+        image itself when the sizes are equal): the frame the decoder's output is compared to."""
+        return box_downsample(image, self.input_size // self.image_size)
+
     def encode_motion(self, image: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """image [B, S, S, 3] → (z_pose [B, 7], z_dyn [B, dyn_dim])."""
+        """image [B, I, I, 3] (I = input_size) → (z_pose [B, 7], z_dyn [B, dyn_dim])."""
         return self.motion(image)
 
     def encode(self, image: jax.Array) -> dict[str, jax.Array]:
-        """image [B, S, S, 3] → dict(v_app, z_id, z_pose, z_dyn[, f_src])."""
-        chex.assert_shape(image, (None, self.image_size, self.image_size, 3))
+        """image [B, I, I, 3] (I = input_size) → dict(v_app, z_id, z_pose, z_dyn[, f_src]); the
+        motion encoder reads the frame at input_size, the others at image_size."""
+        chex.assert_shape(image, (None, self.input_size, self.input_size, 3))
         z_pose, z_dyn = self.motion(image)
-        out = dict(v_app=self.appearance(image), z_id=self.identity(image),
+        small = self.output_view(image)
+        out = dict(v_app=self.appearance(small), z_id=self.identity(small),
                    z_pose=z_pose, z_dyn=z_dyn)
         if self.skip:
-            out["f_src"] = self.skip_encoder(image)
+            out["f_src"] = self.skip_encoder(small)
         return out
 
     def to_canonical(self, v_app, z_id, z_pose_src, z_dyn_src, *, return_grid: bool = False):
@@ -549,6 +594,7 @@ class FaceLatentModel(nnx.Module):
         return self._render(v_can, g_s2c, z_id, z_pose_drv, z_dyn_drv, f_src)
 
     def __call__(self, source: jax.Array, driver: jax.Array) -> jax.Array:
+        """Frames at input_size → the driver redrawn from the source, at image_size."""
         src = self.encode(source)
         z_pose_drv, z_dyn_drv = self.encode_motion(driver)
         return self.decode_latents(src, z_pose_drv, z_dyn_drv)
@@ -562,6 +608,7 @@ def build_model(cfg: Any, rngs: nnx.Rngs) -> FaceLatentModel:
 
 
 __all__ = ["AppearanceEncoder", "Decoder", "FaceLatentModel", "IdentityEncoder",
-           "MotionEncoder", "POSE_DIM", "SkipEncoder", "WarpGenerator", "build_model", "check_model_config",
+           "MotionEncoder", "POSE_DIM", "SkipEncoder", "WarpGenerator", "box_downsample", "build_model",
+           "check_model_config", "input_size", "output_view",
            "invert_similarity", "pose_to_similarity", "rotation_from_angles", "sample_2d",
            "skip_blend", "skip_channels", "skip_static", "source_positions"]

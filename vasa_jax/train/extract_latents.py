@@ -102,6 +102,7 @@ def extract(face_workdir: str, out_dir: str, *, synthtalk: dict | None = None,
     if shard_size < 1:
         raise ConfigError(f"shard_size={shard_size}: use a positive number of clips per shard")
     gen, face_config, face_step = restore_generator(face_workdir)
+    size = gen.input_size  # the frames the motion encoder reads
     st = dict(synthtalk or face_config.data.synthtalk.to_dict())
     data_dir = data_dir or face_config.data.data_dir or os.path.join(face_workdir, "data")
     real = "" if synthtalk else str(face_config.data.get("dataset", "") or "")
@@ -110,13 +111,11 @@ def extract(face_workdir: str, out_dir: str, *, synthtalk: dict | None = None,
         if cond_fn is None:
             raise ConfigError(f"{real} is real video without ground-truth gaze/distance: pass "
                               "--conditions=pose_proxy or --conditions=module:callable")
-        sources = builders.open_sources(face_config.data, data_dir,
-                                        image_size=face_config.model.image_size)
+        sources = builders.open_sources(face_config.data, data_dir, image_size=size)
     else:
-        if int(st["resolution"]) != int(face_config.model.image_size):
+        if int(st["resolution"]) != size:
             raise ConfigError(f"the data set's resolution {st['resolution']} differs from the "
-                              f"face model's image_size {face_config.model.image_size}: pick a "
-                              "matching --dataset")
+                              f"face model's input size {size}: pick a matching --dataset")
         sources = builders.prepare_synthtalk(data_dir, **st)
     features = make_audio_features(audio, wav2vec2_path=wav2vec2_path)
     audio_fn = jax.jit(features.apply)

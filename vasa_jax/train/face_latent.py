@@ -23,7 +23,7 @@ from vasa_jax import losses, sharding
 from vasa_jax.checkpoint import Checkpointer
 from vasa_jax.errors import check
 from vasa_jax.models.discriminator import MultiScaleDiscriminator
-from vasa_jax.models.face import build_model
+from vasa_jax.models.face import build_model, input_size, output_view
 from vasa_jax.train import augment, loop
 
 log = logging.getLogger(__name__)
@@ -130,11 +130,13 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
     w = config.loss
 
     def generate(gen, batch):
+        # Frames arrive at model.input_size; src and drv are returned at image_size, the size
+        # the decoder draws (the same arrays when the two sizes are equal).
         src, drv, oth = (_to_float(batch[k]) for k in ("source", "driver", "other"))
         e_s, e_d, e_o = gen.encode(src), gen.encode(drv), gen.encode(oth)
         recon = gen.decode_latents(e_s, e_d["z_pose"], e_d["z_dyn"])
         cross = gen.decode_latents(e_s, e_o["z_pose"], e_o["z_dyn"])
-        return src, drv, e_s, e_d, recon, cross
+        return gen.output_view(src), gen.output_view(drv), e_s, e_d, recon, cross
 
     def g_loss(g_params, state, batch):
         gen = nnx.merge(g_def, g_params, state["gen_rest"])
@@ -194,7 +196,8 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
                    "lr": sched(state["step"])}
         disc, opt_disc = state["disc"], state["opt_disc"]
         if w.gan > 0 or w.feature_matching > 0:
-            d_val, d_grads = jax.value_and_grad(d_loss)(disc, recon, _to_float(batch["driver"]))
+            real = output_view(config.model, _to_float(batch["driver"]))
+            d_val, d_grads = jax.value_and_grad(d_loss)(disc, recon, real)
             d_updates, opt_disc = tx.update(d_grads, opt_disc, disc)
             disc = optax.apply_updates(disc, d_updates)
             metrics["d_loss"] = d_val
@@ -268,7 +271,11 @@ def train(config, workdir: str) -> dict:
 
     # Data.
     data_dir = config.data.data_dir or os.path.join(workdir, "data")
-    sources = builders.open_sources(config.data, data_dir, image_size=config.model.image_size)
+    size = input_size(config.model)
+    check(config.data.dataset or int(config.data.synthtalk.resolution) == size,
+          f"data.synthtalk.resolution={config.data.synthtalk.resolution} differs from the "
+          f"model's input size {size}: set --config.data.synthtalk.resolution={size}")
+    sources = builders.open_sources(config.data, data_dir, image_size=size)
     first = sources["train"][0]
     for losses_on, fields, _, message in _SUPERVISION:
         check(not any(config.loss.get(n, 0.0) > 0 for n in losses_on)
