@@ -7,7 +7,7 @@ with the data, mouth/eye losses and schedule of the documented 30-minute CPU run
 docs/face_latent.md), `tiny_pose`
 (tiny_run + head-pose supervision from SynthTalk's ground truth), `tiny_guided` (tiny_pose +
 the source skip + supervision of the whole pose and of four expression values + drivers from the
-identity's other clip), or `vox512` (512² input,
+identity's other clip + 128² frames for the motion encoder, 64² for the rest), or `vox512` (512² input,
 V_app 16×64×64×96 as in MegaPortraits, id_dim 512, dyn_dim 256). Sizes and parameter counts:
 `python benchmarks/face_latent_cost.py --config configs/face_latent.py:vox512`.
 """
@@ -21,6 +21,9 @@ MODELS = {
         encoder_channels=16, encoder_max_channels=64, encoder_downsamples=3,
         id_dim=32, dyn_dim=16, max_angle_deg=90.0, motion_pool="spatial", stem_stride=2,
         motion_stem_stride=0,  # 0: stem_stride
+        # Side of the frames the model takes (0: image_size). image_size × 2^k: the motion
+        # encoder reads them at that size, everything else box-filtered to image_size.
+        input_size=0,
         warp_channels=32, warp_upsamples=1, warp_blocks=1,
         decoder_channels=64, decoder_blocks3d=1, decoder_blocks2d=1, decoder_cond="none",
         # Source skip (models/face.py; the demo turns it on): full-resolution source features
@@ -34,6 +37,7 @@ MODELS = {
         volume_size=64, volume_depth=16, volume_channels=96, app_blocks3d=6,
         encoder_channels=64, encoder_max_channels=768, encoder_downsamples=5,
         id_dim=512, dyn_dim=256, max_angle_deg=90.0, motion_pool="spatial", motion_stem_stride=0,
+        input_size=0,
         warp_channels=512, warp_upsamples=2, warp_blocks=2,
         decoder_channels=768, decoder_blocks3d=6, decoder_blocks2d=5, decoder_cond="none",
         skip_channels=0, skip_blend=False, skip_static=False,
@@ -85,6 +89,9 @@ for _table in (MODELS, TRAIN, DISC, DATA):
 # with the probes fitted on the same 768 identities, at -0.05 dB self / +0.08 dB cross PSNR
 # (docs/face_latent.md, session 12). Renders in ~2× the time of 384.
 DATA["tiny_guided"] = dict(DATA["tiny_run"], num_train_identities=768)
+# tiny_guided's frames are rendered at 128² for the motion encoder (model.input_size, set in
+# get_config); everything else sees them box-filtered to 64² (docs/face_latent.md, session 17).
+DATA["tiny_guided"]["resolution"] = 128
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -176,9 +183,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.loss.update(dict(head_position=1.0, expression=1.0))
         config.expression_dims = 4
         config.expression_squared = True
-        # The motion encoder's first stage at full resolution (the other encoders keep stride
-        # 2): a blink or the mouth's width is a pixel or two of a 64² frame.
-        config.model.motion_stem_stride = 1
+        # The motion encoder reads the frame at 128² (a stride-2 stem, so its first stage has
+        # the 64² side and cost of session 8's full-resolution stem): a blink, the mouth's width
+        # or 2° of roll are a pixel or less at 64². The appearance, identity and skip encoders,
+        # the decoder and every loss work on the 2×2 box filter, SynthTalk's 64² render at
+        # supersample 2. Same parameters and FLOPs. Two seeds at 30 minutes on 64 held-out
+        # identities against session 16's 64² frames: rotation R² 0.883/0.851 → 0.898/0.882
+        # (roll 0.77/0.69 → 0.80/0.75), mouth R² 0.761/0.724 → 0.786/0.770, blink 0.10/0.04 →
+        # 0.66/0.29; self and cross PSNR over copy-source +0.3 / +0.1 dB (docs/face_latent.md,
+        # session 17).
+        config.model.input_size = 128
+        config.model.motion_stem_stride = 2
         # ~2.2 steps/s on the 2-core VM: the cosine schedule ends at the 30 minutes (4,000 steps
         # in 29.98 min, session 9) instead of stopping at two thirds of tiny_run's 6,000 steps
         # with the learning rate still high.

@@ -261,14 +261,18 @@ def test_tiny_guided_config_builds_its_model():
     cfg = _load_config("tiny_guided")
     model = build_model(cfg.model, nnx.Rngs(0))
     assert model.decoder.blend and model.decoder.static and model.skip == 16
-    assert model.motion.trunk.stem.strides == 1 and model.appearance.stem.strides == 2
+    # The motion encoder reads 128² frames through a stride-2 stem; the rest works at 64².
+    assert cfg.model.input_size == cfg.data.synthtalk.resolution == 2 * cfg.model.image_size
+    assert model.motion.trunk.stem.strides == 2 and model.appearance.stem.strides == 2
+    assert len(model.motion.trunk.blocks) == 3
     assert cfg.loss.head_position > 0 and cfg.loss.expression > 0 and cfg.expression_dims == 4
     assert 0 < cfg.data.cross_clip_prob < 1
     # Twice tiny_run's identities, without changing the table the other variants share.
     assert cfg.data.synthtalk.num_train_identities == 768
     assert _load_config("tiny_run").data.synthtalk.num_train_identities == 384
-    out = model(_images(jax.random.key(12), 1, cfg.model.image_size),
-                _images(jax.random.key(13), 1, cfg.model.image_size))
+    assert _load_config("tiny_run").data.synthtalk.resolution == 64
+    out = model(_images(jax.random.key(12), 1, cfg.model.input_size),
+                _images(jax.random.key(13), 1, cfg.model.input_size))
     chex.assert_shape(out, (1, cfg.model.image_size, cfg.model.image_size, 3))
 
 
