@@ -164,7 +164,8 @@ def test_cross_identity_weight_without_a_network_is_refused(tmp_path, data_dir):
 def test_input_size_trains_on_larger_frames_and_evaluates_at_image_size(tmp_path):
     """model.input_size 128 with a 64² decoder: the data is rendered at 128², the losses
     compare the 64² output with the box-filtered driver, and the eval encodes 128² frames and
-    scores 64² ones; data at the wrong size is refused naming both fields."""
+    scores 64² ones; data at the wrong size is refused naming both fields. The eval also scores
+    the raw weights on request."""
     import json
 
     from vasa_jax.errors import ConfigError
@@ -188,6 +189,12 @@ def test_input_size_trains_on_larger_frames_and_evaluates_at_image_size(tmp_path
     # Copying the source is scored against the box-filtered frames: a real PSNR, not inf.
     assert 5.0 < result["self_psnr"] < 60.0 and 5.0 < result["self_psnr_copy_source"] < 60.0
     assert np.isfinite(result["cross_psnr"])
+    # --weights raw: the last step's weights, not their EMA (which after 2 warm-up steps is
+    # still mostly the initialisation), so the scores move; the file says which were scored.
+    raw = evaluate(workdir, str(tmp_path / "raw"), bootstrap=0, ema=False)
+    assert (result["weights"], raw["weights"]) == ("ema", "raw") and raw["step"] == 2
+    assert json.load(open(tmp_path / "raw" / "eval.json"))["weights"] == "raw"
+    assert abs(raw["self_psnr"] - result["self_psnr"]) > 1e-3
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):

@@ -183,7 +183,8 @@ def _codes(encode, clips: list[dict], keep_app: bool = False) -> list[dict]:
 
 def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = None,
              cross_frames: int = 10, grid_rows: int = 6, held_out: int = 0,
-             cross_drivers: int = 7, bootstrap: int = 1000) -> dict[str, Any]:
+             cross_drivers: int = 7, bootstrap: int = 1000, ema: bool = True
+             ) -> dict[str, Any]:
     """Evaluates a stage-1 run (see the module doc); writes OUT/eval.json and OUT/samples.png.
 
     held_out: how many held-out SynthTalk identities (0: the run's own test split). SynthTalk's
@@ -192,6 +193,8 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
     cross_drivers: each source identity is driven by the next `cross_drivers` held-out
     identities in order (all the others when there are at most cross_drivers + 1).
     bootstrap: resamplings of the held-out identities for the 90% intervals in `ci90` (0: none).
+    ema: score the EMA of the generator's weights (what inference uses); False: the raw weights
+    of the last step.
     """
     if held_out < 0 or cross_drivers < 1 or bootstrap < 0:
         raise ValueError(f"held_out must be >= 0, cross_drivers >= 1 and bootstrap >= 0; got "
@@ -200,7 +203,7 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
     from vasa_jax.data.synthtalk.identity import sample_identity
     from vasa_jax.train.face_latent import restore_generator, save_sample_grid
 
-    gen, config, trained_step = restore_generator(workdir, step)
+    gen, config, trained_step = restore_generator(workdir, step, ema=ema)
     out_dir = out_dir or os.path.join(workdir, "eval")
     data_dir = config.data.data_dir or os.path.join(workdir, "data")
     st = config.data.synthtalk.to_dict()
@@ -352,6 +355,7 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
     result = {
         "workdir": os.path.abspath(workdir),
         "step": trained_step,
+        "weights": "ema" if ema else "raw",
         "data": st,
         "held_out_identities": len(first_clip),
         # Frames are encoded at input_size; PSNRs compare at image_size (box-filtered truth).
@@ -418,7 +422,8 @@ def main(argv):
     f = flags.FLAGS
     try:
         result = evaluate(f.workdir, f.out or None, held_out=f.held_out,
-                          cross_drivers=f.cross_drivers, bootstrap=f.bootstrap)
+                          cross_drivers=f.cross_drivers, bootstrap=f.bootstrap,
+                          ema=f.weights == "ema")
     except ValueError as e:
         raise SystemExit(f"vasa_jax.eval.face_latent: {e}") from None
     print(summary(result))
@@ -433,5 +438,7 @@ if __name__ == "__main__":
                          "larger sets keep its identities and add more)")
     flags.DEFINE_integer("cross_drivers", 7, "driver identities per cross-identity source")
     flags.DEFINE_integer("bootstrap", 1000, "identity resamplings for the 90% intervals (0: off)")
+    flags.DEFINE_enum("weights", "ema", ["ema", "raw"], "the generator's EMA weights (what "
+                      "inference uses) or the raw weights of the last step")
     flags.mark_flags_as_required(["workdir"])
     app.run(main)
