@@ -56,19 +56,21 @@ STAGE_SYNTH = dict(resolution=64, num_frames=20, num_train_identities=4, num_tes
                    clips_per_identity=2, seed=0)
 
 
-@pytest.fixture(scope="session")
-def face_workdir(tmp_path_factory):
+def make_face_workdir(workdir: str, **model) -> str:
     """A stage-1 workdir holding a real (untrained, freshly initialised, random pose head) orbax
-    checkpoint."""
+    checkpoint of the tiny config, with `model` fields overridden (and, for model.input_size,
+    SynthTalk rendered at that size)."""
     from vasa_jax import sharding
     from vasa_jax.checkpoint import Checkpointer
     from vasa_jax.config_util import load_config
     from vasa_jax.train import face_latent, loop
 
-    workdir = str(tmp_path_factory.mktemp("face"))
     cfg = load_config(f"{_CONFIGS / 'face_latent.py'}:tiny")
     cfg.data.data_dir = os.path.join(workdir, "data")
     cfg.data.synthtalk.update(STAGE_SYNTH)
+    cfg.model.update(model)
+    if model.get("input_size"):
+        cfg.data.synthtalk.resolution = int(model["input_size"])
     loop.save_config(cfg, workdir)
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
     _, init, _, shardings = face_latent.build_state_fns(cfg, mesh)
@@ -84,6 +86,15 @@ def face_workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def face_workdir(tmp_path_factory):
+    """A stage-1 workdir holding a real (untrained, freshly initialised, random pose head) orbax
+    checkpoint."""
+    return make_face_workdir(str(tmp_path_factory.mktemp("face")))
+
+
+
+
+@pytest.fixture(scope="session")
 def latent_dir(face_workdir, tmp_path_factory):
     """The stage-2 latent data set extracted from `face_workdir` (3 clips per shard)."""
     from vasa_jax.train import extract_latents
@@ -93,19 +104,23 @@ def latent_dir(face_workdir, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="session")
-def motion_workdir(latent_dir, tmp_path_factory):
-    """A stage-2 workdir: the tiny MotionDiT trained for 2 steps on `latent_dir` (1 device)."""
+def make_motion_workdir(latents_dir: str, workdir: str, steps: int = 2) -> str:
+    """A stage-2 workdir: the tiny MotionDiT trained for `steps` steps on `latents_dir`."""
     from vasa_jax.config_util import load_config
     from vasa_jax.train import motion as motion_train
 
     cfg = load_config(f"{_CONFIGS / 'motion.py'}:tiny")
-    cfg.latents_dir = latent_dir
-    cfg.batch_size, cfg.steps, cfg.log_every, cfg.ckpt_every = 8, 2, 1, 2
+    cfg.latents_dir = latents_dir
+    cfg.batch_size, cfg.steps, cfg.log_every, cfg.ckpt_every = 8, steps, 1, steps
     cfg.mesh.num_devices, cfg.mesh.data = 1, 1
-    workdir = str(tmp_path_factory.mktemp("motion"))
     motion_train.train(cfg, workdir)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def motion_workdir(latent_dir, tmp_path_factory):
+    """A stage-2 workdir: the tiny MotionDiT trained for 2 steps on `latent_dir` (1 device)."""
+    return make_motion_workdir(latent_dir, str(tmp_path_factory.mktemp("motion")))
 
 
 @pytest.fixture(scope="session")
@@ -116,3 +131,21 @@ def bundle_dir(face_workdir, motion_workdir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("bundle"))
     export_bundle(face_workdir, motion_workdir, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def stack_in128(tmp_path_factory):
+    """The fixture chain for a stage 1 with model.input_size 128 (reads 128² frames, draws
+    64²): its workdir, the latents extracted from its 128² frames, a stage 2 trained on them for
+    1 step and the bundle of the two. A dict with keys face, latents, motion, bundle."""
+    from vasa_jax.train import extract_latents
+    from vasa_jax.train.export import export_bundle
+
+    face = make_face_workdir(str(tmp_path_factory.mktemp("face128")), input_size=128,
+                             motion_stem_stride=2)
+    lat = str(tmp_path_factory.mktemp("latents128"))
+    extract_latents.extract(face, lat, shard_size=3, progress=False)
+    motion = make_motion_workdir(lat, str(tmp_path_factory.mktemp("motion128")), steps=1)
+    bundle = str(tmp_path_factory.mktemp("bundle128"))
+    export_bundle(face, motion, bundle)
+    return dict(face=face, latents=lat, motion=motion, bundle=bundle)

@@ -142,6 +142,22 @@ def test_evaluate_end_to_end(bundle_dir, evaluators_dir, eval_config, tmp_path):
     assert r["steps"] == 2 and r["cfg_audio"] == 0.5
 
 
+def test_evaluate_a_bundle_that_reads_larger_frames(stack_in128, evaluators_dir, eval_config,
+                                                    tmp_path):
+    """A bundle whose face model reads 128² frames and draws 64²: the runner renders its clips
+    at 128² for the portrait and the driving video, and measures every row at 64²."""
+    cfg = eval_config.copy_and_resolve_references()
+    cfg.runner.ablation = False
+    r = runner.evaluate(stack_in128["bundle"], "test", str(tmp_path / "eval"), steps=2,
+                        config=cfg, evaluators_dir=evaluators_dir)
+    assert r["resolution"] == 64
+    assert set(r["rows"]) == {"real", "still", "copied", "ours"}
+    for name, row in r["rows"].items():
+        assert np.isfinite(row["sc"]) and np.isfinite(row["identity_similarity"]), name
+    assert r["rows"]["still"]["delta_p"] == 0.0
+    assert r["rows"]["still"]["identity_similarity"] == pytest.approx(1.0, abs=1e-5)
+
+
 def test_evaluate_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, bundle_dir):
     from vasa_jax import cli
 

@@ -107,6 +107,52 @@ def test_stage2_eval_end_to_end(face_workdir, motion_workdir, tmp_path):
     assert facts["audio_duration"] == pytest.approx(0.8, abs=0.08)
 
 
+def test_stage2_eval_and_generation_on_a_stage1_that_reads_larger_frames(stack_in128,
+                                                                          motion_workdir,
+                                                                          tmp_path):
+    """A stage 1 with model.input_size 128 (draws 64²): latents come from the 128² frames, the
+    stage-2 eval replicates the drawn frames up to 128² before re-encoding and its real_video
+    row puts the real frames through the same path; the bundle crops portraits and driving
+    frames at 128² and draws 64². Latents from a stage 1 of another input size are refused."""
+    from PIL import Image
+
+    from vasa_jax.data import builders, latents, media
+    from vasa_jax.errors import ConfigError
+    from vasa_jax.inference import generate as G
+    from vasa_jax.inference.bundle import load_bundle
+
+    st = stack_in128
+    assert latents.read_info(st["latents"])["synthtalk"]["resolution"] == 128
+    out = str(tmp_path / "eval")
+    r = eval2.evaluate(st["face"], st["motion"], out, steps=2, max_clips=2)
+    for row in ("real_latent", "real_video", "generated_video", "other_audio_video"):
+        v = r["mouth_correlation"][row]
+        assert len(v["per_clip"]) == 2 and -1.0 <= v["mean"] <= 1.0
+    frames, _ = media.read_video(os.path.join(out, "sample.mp4"))
+    assert frames.shape == (20, 64, 64, 3)
+    assert Image.open(os.path.join(out, "frames.png")).size[1] == 3 * 64  # gt | seed 0 | seed 1
+    # A stage 2 trained on 64² latents against the 128² stage 1: one line naming both.
+    with pytest.raises(ConfigError, match="extracted from 64² frames but .* reads 128²"):
+        eval2.evaluate(st["face"], motion_workdir, str(tmp_path / "bad"), steps=2, max_clips=1)
+    assert not os.path.exists(tmp_path / "bad")
+
+    bundle = load_bundle(st["bundle"])
+    assert (bundle.input_size, bundle.image_size) == (128, 64)
+    gen = G.Generator(bundle)
+    clip = builders.prepare_synthtalk(
+        os.path.join(st["face"], "data"),
+        **json.load(open(os.path.join(st["face"], "config.json")))["data"]["synthtalk"])["test"][0]
+    real = builders.decode_frames(clip["frames"])
+    assert real.shape[1:3] == (128, 128)
+    src = gen.prepare(real[0])
+    assert src.image.shape == (128, 128, 3)
+    audio = np.asarray(clip["audio"], np.float32)
+    res = gen.generate(audio, G.Controls(steps=2, seed=0))
+    assert res.frames.shape[1:] == (64, 64, 3) and len(res.frames) > 0
+    driven = gen.generate(audio, G.Controls(driving_video=real))
+    assert driven.frames.shape == (len(real), 64, 64, 3)
+
+
 def test_bundle_round_trip(bundle_dir, face_workdir, motion_workdir, tmp_path):
     import jax
     from flax import nnx

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vasa_jax.models.face import box_downsample
+from vasa_jax.models.face import box_downsample_uint8
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +212,7 @@ def evaluate(workdir: str, out_dir: str | None = None, *, step: int | None = Non
     factor = gen.input_size // gen.image_size  # > 1: frames come at input_size, drawn smaller
 
     def small(frames):  # uint8 frames at input_size → at image_size, what the decoder draws
-        if factor == 1:
-            return frames
-        return np.round(np.asarray(box_downsample(frames.astype(np.float32), factor))
-                        ).astype(np.uint8)
+        return box_downsample_uint8(frames, factor)
 
     encode, decode = _jitted(gen)
     test_source = sources["test"]

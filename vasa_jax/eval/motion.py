@@ -5,13 +5,17 @@
 For every clip of the latent set's test split (identities and speech never seen in training):
 motion is sampled from the clip's audio (with its ground-truth gaze, distance and emotion as
 conditions, the config's CFG scales) for two seeds, decoded to frames by stage 1 from the clip's
-first frame, and the frames are encoded again by stage 1's motion encoder.
+first frame, and the frames are encoded again by stage 1's motion encoder. A stage 1 that reads
+larger frames than it draws (model.input_size) gets its drawn frames pixel-replicated up to its
+input size; the `real_video` row puts the real clip through the same path (box filter to the
+drawn size, replicated back) to show what that costs.
 
 Mouth-following is measured by an independent linear probe z_dyn → mouth opening, fitted on
 the *train* split's real latents against SynthTalk's ground truth (it never sees generated
 motion): the Pearson correlation, per clip, between the probe's reading of the generated video
 and the ground-truth mouth opening of that audio. Reference rows: the real clip's latents
-(the probe's own ceiling) and motion generated from another clip's audio (chance level).
+(the probe's own ceiling), the real clip's frames at the drawn size re-encoded (the ceiling of
+the video rows) and motion generated from another clip's audio (chance level).
 Head-motion diversity: mean absolute difference of the head angles between the two seeds.
 Writes `OUT/eval.json`, `OUT/sample.mp4` (one clip, seed 0, with its audio) and
 `OUT/frames.png` (ground truth | seed 0 | seed 1, every 4th frame).
@@ -30,6 +34,7 @@ from flax import nnx
 
 from vasa_jax.errors import ConfigError
 from vasa_jax.eval.face_latent import probe_r2, ridge_fit, ridge_predict
+from vasa_jax.models.face import box_downsample_uint8
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +76,16 @@ def evaluate(face_workdir: str, motion_workdir: str, out_dir: str | None = None,
 
     model, mcfg, norm, m_step = restore_motion_model(motion_workdir)
     gen, fcfg, f_step = restore_generator(face_workdir)
-    if gen.input_size != gen.image_size:
-        raise ConfigError(f"{face_workdir} reads {gen.input_size}² frames but draws "
-                          f"{gen.image_size}²: this evaluation re-encodes the frames it draws, "
-                          "so use a stage 1 trained without model.input_size")
+    factor = gen.input_size // gen.image_size  # > 1: reads frames larger than it draws
     out_dir = out_dir or os.path.join(motion_workdir, "eval")
     info = latents.read_info(mcfg.latents_dir)
     train_src = latents.LatentSource(mcfg.latents_dir, "train")
     test_src = latents.LatentSource(mcfg.latents_dir, "test")
+    res = int((info.get("synthtalk") or {}).get("resolution", gen.input_size))
+    if res != gen.input_size:
+        raise ConfigError(f"{mcfg.latents_dir} was extracted from {res}² frames but "
+                          f"{face_workdir} reads {gen.input_size}²: evaluate stage 2 with the "
+                          "stage 1 its latents came from")
     frames_src = builders.prepare_synthtalk(
         fcfg.data.data_dir or os.path.join(face_workdir, "data"), **info["synthtalk"])["test"]
 
@@ -116,7 +123,11 @@ def evaluate(face_workdir: str, motion_workdir: str, out_dir: str | None = None,
 
     encode_motion = motion_fn(gen)
 
-    def reencode(frames, batch=50):
+    def drawn_size(frames):  # uint8 frames at input size → the size stage 1 draws
+        return box_downsample_uint8(frames, factor)
+
+    def reencode(frames, batch=50):  # frames at the drawn size, replicated to the input size
+        frames = np.repeat(np.repeat(frames, factor, axis=1), factor, axis=2)
         return np.concatenate([np.asarray(encode_motion(frames[i:i + batch]))
                                for i in range(0, len(frames), batch)])
 
@@ -133,15 +144,15 @@ def evaluate(face_workdir: str, motion_workdir: str, out_dir: str | None = None,
         x = sample_sequence(sampler, audio, gaze, dist, emo, jax.random.key(seed))
         return np.asarray(norm.motion_to_raw(x[0]))
 
-    rows = {k: [] for k in ("real_latent", "generated_latent", "generated_video",
+    rows = {k: [] for k in ("real_latent", "real_video", "generated_latent", "generated_video",
                             "other_audio_video")}
     seed_diff, seed_std, sample = [], [], None
     for ci, rec in enumerate(test_recs):
         truth = rec["mouth"][:, 0]
         frames_rec = frames_src[ci]
         assert int(frames_rec["clip_seed"]) == int(rec["clip_seed"])
-        first = builders.decode_frames(frames_rec["frames"], [0])
-        src = encode(g_state, first)
+        real = builders.decode_frames(frames_rec["frames"])
+        src = encode(g_state, real[:1])
         m0 = generate(rec, rec, 0)
         m1 = generate(rec, rec, 1)
         video0 = render(src, m0)
@@ -149,6 +160,7 @@ def evaluate(face_workdir: str, motion_workdir: str, out_dir: str | None = None,
         t = min(len(other["audio_feat"]), len(rec["audio_feat"]))
         m_other = generate(rec, other, 0)[:t]
         rows["real_latent"].append(pearson(read_mouth(rec["motion"]), truth))
+        rows["real_video"].append(pearson(read_mouth(reencode(drawn_size(real))), truth))
         rows["generated_latent"].append(pearson(read_mouth(m0), truth))
         rows["generated_video"].append(pearson(read_mouth(reencode(video0)), truth))
         rows["other_audio_video"].append(
@@ -157,7 +169,7 @@ def evaluate(face_workdir: str, motion_workdir: str, out_dir: str | None = None,
         seed_std.append(float(np.mean(np.std(m0[:, :3], axis=0))))
         if sample is None:
             video1 = render(src, m1)
-            gt = builders.decode_frames(frames_rec["frames"])
+            gt = drawn_size(real)
             sample = (gt, video0, video1, np.asarray(frames_src[ci]["audio"], np.float32))
 
     result = dict(

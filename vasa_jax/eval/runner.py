@@ -151,6 +151,7 @@ def evaluate(checkpoint: str, split: str = "test", out_dir: str | None = None, *
     from vasa_jax.eval import fvd as fvd_lib
     from vasa_jax.inference import generate as G
     from vasa_jax.inference.bundle import load_bundle
+    from vasa_jax.models.face import box_downsample_uint8
 
     if split not in SPLITS:
         raise ConfigError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
@@ -170,7 +171,13 @@ def evaluate(checkpoint: str, split: str = "test", out_dir: str | None = None, *
     t0 = time.perf_counter()
     gen = G.Generator(bundle)
     res = bundle.image_size
-    clips = eval_clips(bundle.manifest, split, int(rc.clips), int(rc.frames), res)
+    # A face model that reads larger frames than it draws (model.input_size) gets its portrait
+    # and driving frames at its input size; every measurement is on frames at the drawn size.
+    clips = eval_clips(bundle.manifest, split, int(rc.clips), int(rc.frames), bundle.input_size)
+    factor = bundle.input_size // res
+    for clip in clips:
+        clip["input_frames"] = clip["frames"]
+        clip["frames"] = box_downsample_uint8(clip["frames"], factor)
     default_steps = gen.default_steps
     default_cfg = dict(gen.default_cfg)
     main_steps = int(steps or default_steps)
@@ -198,11 +205,10 @@ def evaluate(checkpoint: str, split: str = "test", out_dir: str | None = None, *
     videos: dict[str, list[tuple[np.ndarray, int]]] = {k: [] for k in
                                                         ("real", "still", "copied", *variants)}
     for ci, clip in enumerate(clips):
-        source = clip["frames"][0]
-        gen.prepare(source)
+        gen.prepare(clip["input_frames"][0])
         videos["real"].append((clip["frames"], ci))
-        videos["still"].append((np.repeat(source[None], len(clip["frames"]), 0), ci))
-        other = clips[(ci + 1) % len(clips)]["frames"]
+        videos["still"].append((np.repeat(clip["frames"][:1], len(clip["frames"]), 0), ci))
+        other = clips[(ci + 1) % len(clips)]["input_frames"]
         copied = gen.generate(clip["audio"], G.Controls(driving_video=other))
         videos["copied"].append((copied.frames, ci))
         for name, (n_steps, lam) in variants.items():

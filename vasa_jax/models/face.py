@@ -136,6 +136,15 @@ def box_downsample(images: jax.Array, factor: int) -> jax.Array:
     return images.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
 
 
+def box_downsample_uint8(frames: np.ndarray, factor: int) -> np.ndarray:
+    """uint8 frames [B, H, W, C] → their `box_downsample`, rounded back to uint8 (numpy): a
+    model's input-size frames as it draws them, for scoring and display."""
+    if factor == 1:
+        return np.asarray(frames)
+    small = box_downsample(np.asarray(frames, np.float32), factor)
+    return np.round(np.asarray(small)).astype(np.uint8)
+
+
 def output_view(cfg: Any, images: jax.Array) -> jax.Array:
     """Frames at `input_size` → the same frames at image_size (what the decoder draws and the
     losses compare against); unchanged when the two sizes are equal."""
@@ -608,7 +617,7 @@ def build_model(cfg: Any, rngs: nnx.Rngs) -> FaceLatentModel:
 
 
 __all__ = ["AppearanceEncoder", "Decoder", "FaceLatentModel", "IdentityEncoder",
-           "MotionEncoder", "POSE_DIM", "SkipEncoder", "WarpGenerator", "box_downsample", "build_model",
-           "check_model_config", "input_size", "output_view",
-           "invert_similarity", "pose_to_similarity", "rotation_from_angles", "sample_2d",
-           "skip_blend", "skip_channels", "skip_static", "source_positions"]
+           "MotionEncoder", "POSE_DIM", "SkipEncoder", "WarpGenerator", "box_downsample",
+           "box_downsample_uint8", "build_model", "check_model_config", "input_size",
+           "invert_similarity", "output_view", "pose_to_similarity", "rotation_from_angles",
+           "sample_2d", "skip_blend", "skip_channels", "skip_static", "source_positions"]
