@@ -49,6 +49,20 @@ def test_bootstrap_ci_resamples_groups_not_items():
     assert eval1.bootstrap_ci(groups, lambda i: 3.0, draws=50) == [3.0, 3.0]
 
 
+def test_stage1_eval_codes_match_the_full_encoder(face_workdir):
+    """The eval keeps only the codes of its 1,000s of clips, from a function that skips the
+    appearance volume and the skip features: they equal the full encoder's."""
+    from vasa_jax.train.face_latent import restore_generator
+
+    gen = restore_generator(face_workdir)[0]
+    encode, _, codes = eval1._jitted(gen)
+    frames = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    full, only = encode(frames), codes(frames)
+    assert set(only) == {"z_id", "z_pose", "z_dyn"} and "v_app" in full
+    for k, v in only.items():
+        np.testing.assert_allclose(v, full[k], rtol=1e-5, atol=1e-6)
+
+
 def test_stage1_eval_end_to_end(face_workdir, tmp_path):
     out = str(tmp_path / "eval1")
     r = eval1.evaluate(face_workdir, out, cross_frames=3)
