@@ -176,6 +176,7 @@ def test_input_size_trains_on_larger_frames_and_evaluates_at_image_size(tmp_path
     with pytest.raises(ConfigError, match="resolution=64 differs from the model's input size"):
         train(_config(str(tmp_path / "d64"), steps=1, **{"model.input_size": 128}),
               str(tmp_path / "bad"))
+    assert not os.path.exists(tmp_path / "bad")  # refused before anything is written
     workdir = str(tmp_path / "w")
     train(_config(str(tmp_path / "d128"), steps=2, **fields), workdir)
     rows = read_metrics(workdir)

@@ -264,17 +264,22 @@ def train(config, workdir: str) -> dict:
           f"loss.cross_id={config.loss.cross_id} needs a trained identity network: set "
           f"--config.identity_net=PATH (python -m vasa_jax.train.identity) or "
           f"--config.loss.cross_id=0")
-    loop.save_config(config, workdir)
+    cross_clip = float(config.data.get("cross_clip_prob", 0.0))
+    check(0.0 <= cross_clip <= 1.0, f"data.cross_clip_prob={cross_clip!r} is invalid: use a "
+          "probability in [0, 1] (0: every pair from one clip)")
+    roll_deg = float(config.get("augment_roll_deg", 0.0))
+    check(0.0 <= roll_deg <= 45.0, f"augment_roll_deg={roll_deg!r} is invalid: use 0 (off) to "
+          "45 degrees")
+    size = input_size(config.model)
+    check(config.data.dataset or int(config.data.synthtalk.resolution) == size,
+          f"data.synthtalk.resolution={config.data.synthtalk.resolution} differs from the "
+          f"model's input size {size}: set --config.data.synthtalk.resolution={size}")
 
     # Mesh.
     mesh, batch_sharding, local_batch = loop.setup_mesh(config)
 
     # Data.
     data_dir = config.data.data_dir or os.path.join(workdir, "data")
-    size = input_size(config.model)
-    check(config.data.dataset or int(config.data.synthtalk.resolution) == size,
-          f"data.synthtalk.resolution={config.data.synthtalk.resolution} differs from the "
-          f"model's input size {size}: set --config.data.synthtalk.resolution={size}")
     sources = builders.open_sources(config.data, data_dir, image_size=size)
     first = sources["train"][0]
     for losses_on, fields, _, message in _SUPERVISION:
@@ -284,16 +289,11 @@ def train(config, workdir: str) -> dict:
         expression_dims(config)
     if config.loss.get("head_pose", 0.0) > 0:
         head_pose_scale(config)
-    cross_clip = float(config.data.get("cross_clip_prob", 0.0))
-    check(0.0 <= cross_clip <= 1.0, f"data.cross_clip_prob={cross_clip!r} is invalid: use a "
-          "probability in [0, 1] (0: every pair from one clip)")
     identities = pipelines.record_identities(sources["train"]) if cross_clip > 0 else None
-    roll_deg = float(config.get("augment_roll_deg", 0.0))
-    check(0.0 <= roll_deg <= 45.0, f"augment_roll_deg={roll_deg!r} is invalid: use 0 (off) to "
-          "45 degrees")
     data_iter = iter(pipelines.stage1_dataset(sources["train"], batch_size=local_batch,
                                               seed=config.seed, identities=identities,
                                               cross_clip_prob=cross_clip))
+    loop.save_config(config, workdir)  # after every check: a refused config writes nothing
 
     # Model, optimiser, EMA: created already sharded (or restored onto this mesh).
     graphdefs, init, abstract, shardings = build_state_fns(config, mesh)
