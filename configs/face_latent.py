@@ -149,6 +149,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # How many z_dyn components loss.expression anchors: 2 (mouth opening, eye closure) or 4
     # (+ mouth width and rounding).
     config.expression_dims = 2
+    # The motion losses (head_pose, head_position, expression) also read the batch's frame of
+    # another identity, which is encoded for the cross-identity sample anyway: 1.5× the
+    # supervised frames for one more motion-encoder pass (the other encoders' outputs for that
+    # frame stay unused and XLA drops them).
+    config.supervise_other = False
     # loss.expression as a squared error (regresses to the mean: learns rare blinks) instead of
     # L1 (the median).
     config.expression_squared = False

@@ -86,6 +86,9 @@ def test_stage1_pairs_come_from_one_clip_and_other_from_another_identity(train):
         assert int(ex["other_identity"]) == int(records[o]["identity"])
         assert int(ex["other_identity"]) != int(ex["identity"])
         np.testing.assert_array_equal(ex["other"], frames[o][int(ex["other_frame"])])
+        for f in pipelines.STAGE1_FACTORS:
+            np.testing.assert_array_equal(ex[f"other_{f}"], records[o][f][int(ex["other_frame"])],
+                                          err_msg=f)
     # Each epoch visits every clip pairs_per_clip times.
     per_epoch = len(examples) // 2
     for e in range(2):

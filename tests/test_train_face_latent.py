@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -123,7 +124,7 @@ def test_cross_identity_loss_with_a_trained_identity_net(tmp_path, data_dir):
                   **{"loss.cross_id": 0.5, "loss.head_pose": 1.0, "loss.expression": 1.0,
                      "expression_dims": 4, "loss.head_position": 1.0, "model.skip_channels": 4,
                      "model.skip_blend": True, "model.skip_static": True,
-                     "data.cross_clip_prob": 1.0}), workdir)
+                     "data.cross_clip_prob": 1.0, "supervise_other": True}), workdir)
     rows = read_metrics(workdir)
     assert [r["step"] for r in rows] == [1, 2] and rows[-1]["train_minutes"] >= 0.0
     assert "2" in os.listdir(os.path.join(workdir, "checkpoints"))
@@ -136,7 +137,8 @@ def test_cross_identity_loss_with_a_trained_identity_net(tmp_path, data_dir):
     # − truth| / 0.1 with a zero-initialised pose head) and the source skip with both copies
     # (its encoder is in the checkpoint, the decoder has two blend logits). Every driver comes
     # from the identity's other clip (data.cross_clip_prob 1); the camera-roll augmentation turns
-    # every supervised reading.
+    # the source's and driver's readings; the motion terms also read the other identity's
+    # (unturned) frame.
     assert all(0.0 < r["expression"] < 5.0 for r in rows)
     assert all(0.0 < r["head_position"] < 20.0 for r in rows)
     gen = restore_generator(workdir)[0]
@@ -213,3 +215,58 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir
     assert "\n" not in msg
     rows = read_metrics(workdir)
     assert all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_supervise_other_adds_the_other_frame_to_the_motion_losses():
+    """With supervise_other the head-pose, head-position and expression terms of a train step
+    equal the losses over the source, driver and other frames' codes, not over the source and
+    driver only (the other frame's truth differs, so the two cannot agree by chance)."""
+    from flax import nnx
+
+    from vasa_jax import losses, sharding
+    from vasa_jax.models.vgg import make_perceptual
+    from vasa_jax.train.face_latent import expression_target, make_steps
+
+    cfg = _config("", supervise_other=True, expression_dims=4, expression_squared=True,
+                  head_pose_scale_deg=(30.0, 22.0, 11.0),
+                  **{"loss.head_pose": 1.0, "loss.head_position": 1.0, "loss.expression": 1.0})
+    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    graphdefs, init, _, _ = build_state_fns(cfg, mesh)
+    state = jax.jit(init)(jax.random.key(0))
+    # A non-zero pose head, so that z_pose depends on the frame.
+    head = state["gen"]["motion"]["pose_head"]
+    head["kernel"] = 0.1 * jax.random.normal(jax.random.key(1), head["kernel"].shape)
+    rng = np.random.default_rng(3)
+    b, roles = 2, ("source", "driver", "other")
+    batch = {r: rng.integers(0, 256, (b, 64, 64, 3), dtype=np.uint8) for r in roles}
+    for r in roles:
+        batch.update({f"{r}_rotation": rng.normal(0, 10, (b, 3)).astype(np.float32),
+                      f"{r}_translation": rng.normal(0, 0.1, (b, 2)).astype(np.float32),
+                      f"{r}_scale": rng.uniform(0.5, 0.7, (b,)).astype(np.float32),
+                      f"{r}_mouth": rng.uniform(0, 1, (b, 3)).astype(np.float32),
+                      f"{r}_blink": rng.uniform(0, 1, (b,)).astype(np.float32)})
+    batch = jax.tree.map(jnp.asarray, batch)
+    train_step, _ = make_steps(cfg, graphdefs, make_perceptual(None))
+    _, metrics = jax.jit(train_step)(state, batch)
+
+    gen = nnx.merge(graphdefs[0], state["gen"], state["gen_rest"])
+    used = roles
+    codes = [gen.encode_motion(batch[r].astype(jnp.float32) / 127.5 - 1.0) for r in used]
+    z_pose = jnp.concatenate([c[0] for c in codes])
+    z_dyn = jnp.concatenate([c[1] for c in codes])
+
+    def truth(f):
+        return jnp.concatenate([batch[f"{r}_{f}"] for r in used])
+
+    want = {
+        "head_pose": losses.head_pose_loss(z_pose, truth("rotation"), (30.0, 22.0, 11.0)),
+        "head_position": losses.head_position_loss(z_pose, truth("translation"), truth("scale")),
+        "expression": losses.expression_loss(
+            z_dyn, jnp.concatenate([expression_target(batch, r, 4) for r in used]), squared=True),
+    }
+    for name, value in want.items():
+        assert float(metrics[name]) == pytest.approx(float(value), rel=1e-4), name
+    # The source-and-driver-only value differs from the three-frame one.
+    two = losses.head_pose_loss(z_pose[:2 * b], truth("rotation")[:2 * b], (30.0, 22.0, 11.0))
+    assert abs(float(two) - float(metrics["head_pose"])) > 1e-3
+

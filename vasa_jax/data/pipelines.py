@@ -25,7 +25,7 @@ with `images_to_float` ([-1, 1], float32).
 Stage 1 element (one frame pair of one clip plus a frame of another identity; with
 `cross_clip_prob` > 0, that share of drivers come from another clip of the source's identity):
   source, driver, other             uint8 [R, R, 3]
-  source_<f>, driver_<f>            ground-truth factor f of that frame (f in `factors`)
+  source_<f>, driver_<f>, other_<f> ground-truth factor f of that frame (f in `factors`)
   source_frame, driver_frame, other_frame   int32 frame indices in their clips
   record_index, driver_record_index, other_record_index  int64 indices into the data source
   identity, other_identity, emotion, clip_seed   int64 (identity/emotion/clip_seed of the source clip)
@@ -264,6 +264,7 @@ class Stage1Example(grain.transforms.RandomMap):
         for f in self.factors:
             out[f"source_{f}"] = np.asarray(rec[f])[s]
             out[f"driver_{f}"] = np.asarray(drv_rec[f])[d]
+            out[f"other_{f}"] = np.asarray(other[f])[o]
         return out
 
 

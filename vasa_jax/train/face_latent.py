@@ -90,6 +90,14 @@ def expression_dims(config) -> int:
     return int(dims)
 
 
+def supervises_other(config) -> bool:
+    """`config.supervise_other`: the motion losses (head_pose, head_position, expression) also
+    read the frame of another identity that every batch carries."""
+    v = config.get("supervise_other", False)
+    check(isinstance(v, (bool, np.bool_)), f"supervise_other={v!r} is invalid: use True or False")
+    return bool(v)
+
+
 def head_pose_scale(config) -> tuple[float, float, float]:
     """`config.head_pose_scale_deg`: the degrees of yaw, pitch and roll error that cost
     loss.head_pose one unit (one number for all three, or three)."""
@@ -128,6 +136,7 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
     g_def, d_def = graphdefs
     tx, sched = _optimizer(config)
     w = config.loss
+    supervise_other = supervises_other(config)
 
     def generate(gen, batch):
         # Frames arrive at model.input_size; src and drv are returned at image_size, the size
@@ -136,12 +145,12 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
         e_s, e_d, e_o = gen.encode(src), gen.encode(drv), gen.encode(oth)
         recon = gen.decode_latents(e_s, e_d["z_pose"], e_d["z_dyn"])
         cross = gen.decode_latents(e_s, e_o["z_pose"], e_o["z_dyn"])
-        return gen.output_view(src), gen.output_view(drv), e_s, e_d, recon, cross
+        return gen.output_view(src), gen.output_view(drv), e_s, e_d, e_o, recon, cross
 
     def g_loss(g_params, state, batch):
         gen = nnx.merge(g_def, g_params, state["gen_rest"])
         disc = nnx.merge(d_def, jax.lax.stop_gradient(state["disc"]))
-        src, drv, e_s, e_d, recon, cross = generate(gen, batch)
+        src, drv, e_s, e_d, e_o, recon, cross = generate(gen, batch)
         terms = {"l1": losses.l1_loss(recon, drv), "perceptual": perceptual_fn(recon, drv)}
         if w.gan > 0 or w.feature_matching > 0:
             fake_feats, fake_logits = disc(recon)
@@ -155,22 +164,29 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
         if w.get("mouth", 0.0) > 0 or w.get("eyes", 0.0) > 0:
             terms.update(losses.facial_region_losses(recon, drv, batch["driver_landmarks"],
                                                      config.get("region_sigma", 0.3)))
+        # The frames the motion losses read: source and driver, and with supervise_other also
+        # the other identity's frame (encoded for the cross sample anyway).
+        coded = {"source": e_s, "driver": e_d}
+        if supervise_other:
+            coded["other"] = e_o
+
+        def codes(key):
+            return jnp.concatenate([e[key] for e in coded.values()])
+
+        def truth(field):
+            return jnp.concatenate([batch[f"{r}_{field}"] for r in coded])
+
         if w.get("head_pose", 0.0) > 0:
             terms["head_pose"] = losses.head_pose_loss(
-                jnp.concatenate([e_s["z_pose"], e_d["z_pose"]]),
-                jnp.concatenate([batch["source_rotation"], batch["driver_rotation"]]),
-                head_pose_scale(config))
+                codes("z_pose"), truth("rotation"), head_pose_scale(config))
         if w.get("head_position", 0.0) > 0:
             terms["head_position"] = losses.head_position_loss(
-                jnp.concatenate([e_s["z_pose"], e_d["z_pose"]]),
-                jnp.concatenate([batch["source_translation"], batch["driver_translation"]]),
-                jnp.concatenate([batch["source_scale"], batch["driver_scale"]]))
+                codes("z_pose"), truth("translation"), truth("scale"))
         if w.get("expression", 0.0) > 0:
             dims = expression_dims(config)
             terms["expression"] = losses.expression_loss(
-                jnp.concatenate([e_s["z_dyn"], e_d["z_dyn"]]),
-                jnp.concatenate([expression_target(batch, "source", dims),
-                                 expression_target(batch, "driver", dims)]),
+                codes("z_dyn"),
+                jnp.concatenate([expression_target(batch, r, dims) for r in coded]),
                 squared=config.get("expression_squared", False))
         total, _ = losses.total_generator_loss(terms, dict(w))
         return total, (terms, recon)
@@ -208,7 +224,7 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
 
     def sample_step(state, batch):
         gen = nnx.merge(g_def, state["ema"], state["gen_rest"])
-        src, drv, _, _, recon, cross = generate(gen, batch)
+        src, drv, _, _, _, recon, cross = generate(gen, batch)
         return jnp.stack([src, drv, recon, cross], 1)  # [B, 4, H, W, 3]
 
     return train_step, sample_step
@@ -289,6 +305,7 @@ def train(config, workdir: str) -> dict:
         expression_dims(config)
     if config.loss.get("head_pose", 0.0) > 0:
         head_pose_scale(config)
+    supervises_other(config)
     identities = pipelines.record_identities(sources["train"]) if cross_clip > 0 else None
     data_iter = iter(pipelines.stage1_dataset(sources["train"], batch_size=local_batch,
                                               seed=config.seed, identities=identities,
@@ -320,6 +337,8 @@ def train(config, workdir: str) -> dict:
     keys = ["source", "driver", "other"]
     for losses_on, fields, roles, _ in _SUPERVISION:
         if any(config.loss.get(n, 0.0) > 0 for n in losses_on):
+            if supervises_other(config) and "source" in roles:  # the motion losses
+                roles = (*roles, "other")
             keys += [f"{r}_{f}" for r in roles for f in fields]
 
     def to_device(batch):
