@@ -266,7 +266,7 @@ def test_tiny_guided_config_builds_its_model():
     assert model.motion.trunk.stem.strides == 2 and model.appearance.stem.strides == 2
     assert len(model.motion.trunk.blocks) == 3
     assert cfg.loss.head_position > 0 and cfg.loss.expression > 0 and cfg.expression_dims == 4
-    assert 0 < cfg.data.cross_clip_prob < 1
+    assert 0 < cfg.data.cross_clip_prob < 1 and cfg.supervise_other
     # Twice tiny_run's identities, without changing the table the other variants share.
     assert cfg.data.synthtalk.num_train_identities == 768
     assert _load_config("tiny_run").data.synthtalk.num_train_identities == 384
