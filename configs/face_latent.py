@@ -209,7 +209,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # frame of another identity. Two seeds at 30 minutes on 64 held-out identities against
         # session 17's head pose 2 / expression 1 on source and driver only: rotation R²
         # 0.898/0.882 → 0.912/0.909, mouth R² 0.786/0.770 → 0.819/0.807, blink 0.66/0.29 →
-        # 0.82/0.75, self PSNR −0.19/−0.17 dB and cross −0.17/−0.20 dB (both still met), with
+        # 0.82/0.75, self PSNR −0.18/−0.16 dB and cross −0.17/−0.20 dB (both still met), with
         # 12–13% fewer steps (docs/face_latent.md, session 19). An earlier doubling of head pose
         # (1 → 2) had read rotation R² 0.823 → 0.825 and mouth 0.61 → 0.65 at 3,400 steps.
         config.loss.update(dict(head_pose=4.0, expression=3.0))
