@@ -257,24 +257,22 @@ def test_supervise_other_adds_the_other_frame_to_the_motion_losses():
     _, metrics = jax.jit(train_step)(state, batch)
 
     gen = nnx.merge(graphdefs[0], state["gen"], state["gen_rest"])
-    used = roles
     encode = jax.jit(lambda x: gen.encode_motion(x.astype(jnp.float32) / 127.5 - 1.0))
-    codes = [encode(batch[r]) for r in used]
+    codes = [encode(batch[r]) for r in roles]
     z_pose = jnp.concatenate([c[0] for c in codes])
     z_dyn = jnp.concatenate([c[1] for c in codes])
 
     def truth(f):
-        return jnp.concatenate([batch[f"{r}_{f}"] for r in used])
+        return jnp.concatenate([batch[f"{r}_{f}"] for r in roles])
 
     want = {
         "head_pose": losses.head_pose_loss(z_pose, truth("rotation"), (30.0, 22.0, 11.0)),
         "head_position": losses.head_position_loss(z_pose, truth("translation"), truth("scale")),
         "expression": losses.expression_loss(
-            z_dyn, jnp.concatenate([expression_target(batch, r, 4) for r in used]), squared=True),
+            z_dyn, jnp.concatenate([expression_target(batch, r, 4) for r in roles]), squared=True),
     }
     for name, value in want.items():
         assert float(metrics[name]) == pytest.approx(float(value), rel=1e-4), name
     # The source-and-driver-only value differs from the three-frame one.
     two = losses.head_pose_loss(z_pose[:2 * b], truth("rotation")[:2 * b], (30.0, 22.0, 11.0))
     assert abs(float(two) - float(metrics["head_pose"])) > 1e-3
-

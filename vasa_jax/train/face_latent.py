@@ -165,7 +165,7 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
             terms.update(losses.facial_region_losses(recon, drv, batch["driver_landmarks"],
                                                      config.get("region_sigma", 0.3)))
         # The frames the motion losses read: source and driver, and with supervise_other also
-        # the other identity's frame (encoded for the cross sample anyway).
+        # the other identity's frame.
         coded = {"source": e_s, "driver": e_d}
         if supervise_other:
             coded["other"] = e_o
@@ -305,7 +305,7 @@ def train(config, workdir: str) -> dict:
         expression_dims(config)
     if config.loss.get("head_pose", 0.0) > 0:
         head_pose_scale(config)
-    supervises_other(config)
+    supervise_other = supervises_other(config)
     identities = pipelines.record_identities(sources["train"]) if cross_clip > 0 else None
     data_iter = iter(pipelines.stage1_dataset(sources["train"], batch_size=local_batch,
                                               seed=config.seed, identities=identities,
@@ -337,7 +337,7 @@ def train(config, workdir: str) -> dict:
     keys = ["source", "driver", "other"]
     for losses_on, fields, roles, _ in _SUPERVISION:
         if any(config.loss.get(n, 0.0) > 0 for n in losses_on):
-            if supervises_other(config) and "source" in roles:  # the motion losses
+            if supervise_other and "source" in roles:  # the motion losses
                 roles = (*roles, "other")
             keys += [f"{r}_{f}" for r in roles for f in fields]
 
