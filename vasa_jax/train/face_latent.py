@@ -131,6 +131,59 @@ _SUPERVISION = (
 )
 
 
+def check_motion_losses(config, record: dict) -> None:
+    """Refuses (ConfigError, one line) motion-loss settings that are invalid or that need truth
+    fields `record` (one training record) lacks."""
+    for losses_on, fields, _, message in _SUPERVISION:
+        check(not any(config.loss.get(n, 0.0) > 0 for n in losses_on)
+              or all(f in record for f in fields), message)
+    if config.loss.get("expression", 0.0) > 0:
+        expression_dims(config)
+    if config.loss.get("head_pose", 0.0) > 0:
+        head_pose_scale(config)
+    supervises_other(config)
+
+
+def motion_terms(config, coded: dict, batch: dict) -> dict:
+    """The supervised motion losses that `config.loss` turns on (head_pose, head_position,
+    expression), unweighted, over the frames in `coded`: role ("source", "driver", "other") →
+    that frame's codes (at least z_pose and z_dyn); `batch` holds each role's truth as
+    `<role>_<field>`. Shared by the train step and benchmarks/motion_encoder_curve.py."""
+    w = config.loss
+    terms = {}
+
+    def codes(key):
+        return jnp.concatenate([e[key] for e in coded.values()])
+
+    def truth(field):
+        return jnp.concatenate([batch[f"{r}_{field}"] for r in coded])
+
+    if w.get("head_pose", 0.0) > 0:
+        terms["head_pose"] = losses.head_pose_loss(
+            codes("z_pose"), truth("rotation"), head_pose_scale(config))
+    if w.get("head_position", 0.0) > 0:
+        terms["head_position"] = losses.head_position_loss(
+            codes("z_pose"), truth("translation"), truth("scale"))
+    if w.get("expression", 0.0) > 0:
+        dims = expression_dims(config)
+        terms["expression"] = losses.expression_loss(
+            codes("z_dyn"),
+            jnp.concatenate([expression_target(batch, r, dims) for r in coded]),
+            squared=config.get("expression_squared", False))
+    return terms
+
+
+def motion_batch_keys(config) -> list[str]:
+    """The truth fields (`<role>_<field>`) the motion losses of `config.loss` read."""
+    keys = []
+    for losses_on, fields, roles, _ in _SUPERVISION:
+        if any(config.loss.get(n, 0.0) > 0 for n in losses_on):
+            if supervises_other(config) and "source" in roles:  # the motion losses
+                roles = (*roles, "other")
+            keys += [f"{r}_{f}" for r in roles for f in fields]
+    return keys
+
+
 def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
     """Pure update functions: (state, batch) -> (state, metrics)."""
     g_def, d_def = graphdefs
@@ -169,25 +222,7 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
         coded = {"source": e_s, "driver": e_d}
         if supervise_other:
             coded["other"] = e_o
-
-        def codes(key):
-            return jnp.concatenate([e[key] for e in coded.values()])
-
-        def truth(field):
-            return jnp.concatenate([batch[f"{r}_{field}"] for r in coded])
-
-        if w.get("head_pose", 0.0) > 0:
-            terms["head_pose"] = losses.head_pose_loss(
-                codes("z_pose"), truth("rotation"), head_pose_scale(config))
-        if w.get("head_position", 0.0) > 0:
-            terms["head_position"] = losses.head_position_loss(
-                codes("z_pose"), truth("translation"), truth("scale"))
-        if w.get("expression", 0.0) > 0:
-            dims = expression_dims(config)
-            terms["expression"] = losses.expression_loss(
-                codes("z_dyn"),
-                jnp.concatenate([expression_target(batch, r, dims) for r in coded]),
-                squared=config.get("expression_squared", False))
+        terms.update(motion_terms(config, coded, batch))
         total, _ = losses.total_generator_loss(terms, dict(w))
         return total, (terms, recon)
 
@@ -298,14 +333,7 @@ def train(config, workdir: str) -> dict:
     data_dir = config.data.data_dir or os.path.join(workdir, "data")
     sources = builders.open_sources(config.data, data_dir, image_size=size)
     first = sources["train"][0]
-    for losses_on, fields, _, message in _SUPERVISION:
-        check(not any(config.loss.get(n, 0.0) > 0 for n in losses_on)
-              or all(f in first for f in fields), message)
-    if config.loss.get("expression", 0.0) > 0:
-        expression_dims(config)
-    if config.loss.get("head_pose", 0.0) > 0:
-        head_pose_scale(config)
-    supervise_other = supervises_other(config)
+    check_motion_losses(config, first)
     identities = pipelines.record_identities(sources["train"]) if cross_clip > 0 else None
     data_iter = iter(pipelines.stage1_dataset(sources["train"], batch_size=local_batch,
                                               seed=config.seed, identities=identities,
@@ -334,12 +362,7 @@ def train(config, workdir: str) -> dict:
     sample_step = jax.jit(sample_step, in_shardings=(shardings, batch_sharding),
                           out_shardings=sharding.replicated(mesh))  # every process can read it
 
-    keys = ["source", "driver", "other"]
-    for losses_on, fields, roles, _ in _SUPERVISION:
-        if any(config.loss.get(n, 0.0) > 0 for n in losses_on):
-            if supervise_other and "source" in roles:  # the motion losses
-                roles = (*roles, "other")
-            keys += [f"{r}_{f}" for r in roles for f in fields]
+    keys = ["source", "driver", "other", *motion_batch_keys(config)]
 
     def to_device(batch):
         return pipelines.global_batch({k: batch[k] for k in keys}, mesh)

@@ -1,0 +1,157 @@
+"""How far does stage 1's supervision alone take the motion encoder, against training time?
+A learning curve for issue 3's disentanglement targets (rotation R² ≥ 0.95, mouth R² ≥ 0.9).
+
+    python benchmarks/motion_encoder_curve.py --config configs/face_latent.py:tiny_guided \
+        --data-dir /tmp/s17/data128 --minutes 5,15,30 --held-out 64 --out curve.json
+
+Trains the config's motion encoder by itself — no appearance or identity encoder, no warps, no
+decoder — on the supervised motion losses the config turns on (head_pose, head_position,
+expression, with their weights, over source, driver and, with supervise_other, the other
+identity's frame: the trainer's own `motion_terms`), with the config's batch, learning rate
+(after a 100-step warm-up, held constant: a 30-minute tiny_guided run stops at ~55% of its
+cosine schedule) and Adam b1. At each checkpoint in `--minutes` (training time, the probes'
+time excluded) it fits the stage-1 evaluation's ridge probes on the train identities' codes and
+scores R² on `--held-out` held-out identities, as `python -m vasa_jax.eval.face_latent` does.
+
+A step here costs ~40% of a full stage-1 step (the 128² motion-encoder pass is the largest part
+of one), so at equal wall-clock the encoder sees ~2.3× the supervised frames it sees in the
+full trainer: the curve is an optimistic bound on what the 30-minute run's probes can read.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import _machine
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="configs/face_latent.py:tiny_guided")
+    ap.add_argument("--data-dir", required=True, help="where SynthTalk is (or will be) rendered")
+    ap.add_argument("--minutes", default="5,15,30",
+                    help="comma-separated training minutes at which to probe")
+    ap.add_argument("--held-out", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    try:
+        minutes = sorted(float(m) for m in args.minutes.split(","))
+    except ValueError:
+        ap.error(f"--minutes={args.minutes!r} is invalid: use comma-separated numbers, e.g. 5,15")
+    if not minutes or minutes[0] <= 0 or args.held_out < 1:
+        ap.error("--minutes must be positive and --held-out at least 1")
+
+    from face_latent_cost import load_config
+    from vasa_jax.data import builders, pipelines
+    from vasa_jax.eval.face_latent import _batched, _load_split, probe_r2
+    from vasa_jax.models.face import build_model
+    from vasa_jax.train.face_latent import (_to_float, check_motion_losses, motion_batch_keys,
+                                            motion_terms, supervises_other)
+
+    config, variant = load_config(args.config)
+    weights = {k: float(v) for k, v in config.loss.items()
+               if k in ("head_pose", "head_position", "expression") and v > 0}
+    if not weights:
+        ap.error(f"{args.config} turns on no motion loss (head_pose, head_position, expression)")
+    st = config.data.synthtalk.to_dict()
+    train_src = builders.prepare_synthtalk(args.data_dir, **st)["train"]
+    check_motion_losses(config, train_src[0])
+    test_src = builders.prepare_synthtalk(
+        args.data_dir, **dict(st, num_train_identities=1, num_test_identities=args.held_out))["test"]
+    roles = ("source", "driver", "other") if supervises_other(config) else ("source", "driver")
+    keys = [*roles, *motion_batch_keys(config)]
+    cross_clip = float(config.data.get("cross_clip_prob", 0.0))
+    identities = pipelines.record_identities(train_src) if cross_clip > 0 else None
+    data = iter(pipelines.stage1_dataset(train_src, batch_size=config.batch_size, seed=args.seed,
+                                         identities=identities, cross_clip_prob=cross_clip))
+
+    motion = build_model(config.model, nnx.Rngs(args.seed)).motion
+    graphdef, params, rest = nnx.split(motion, nnx.Param, ...)
+    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip),
+                     optax.adam(optax.warmup_constant_schedule(0.0, config.lr, 100),
+                                b1=config.adam_b1))
+    opt = tx.init(params)
+
+    def loss_fn(p, batch):
+        enc = nnx.merge(graphdef, p, rest)
+        coded = {}
+        for r in roles:
+            z_pose, z_dyn = enc(_to_float(batch[r]))
+            coded[r] = dict(z_pose=z_pose, z_dyn=z_dyn)
+        terms = motion_terms(config, coded, batch)
+        return sum(weights[k] * v for k, v in terms.items()), terms
+
+    @jax.jit
+    def step(p, o, batch):
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, batch)
+        updates, o = tx.update(grads, o, p)
+        return optax.apply_updates(p, updates), o, loss, terms
+
+    @jax.jit
+    def codes(p, frames):
+        z_pose, z_dyn = nnx.merge(graphdef, p, rest)(_to_float(frames))
+        return dict(z_pose=z_pose, z_dyn=z_dyn)
+
+    train_clips, test_clips = _load_split(train_src), _load_split(test_src)
+    probes = {"rotation": ("z_pose", "rotation"), "mouth": ("z_dyn", "mouth"),
+              "blink": ("z_dyn", "blink"), "gaze": ("z_dyn", "eye_gaze")}
+
+    def probe(p) -> dict:
+        def encode(clips):
+            return [_batched(lambda f: codes(p, f), c["frames"]) for c in clips]
+
+        tr, te = encode(train_clips), encode(test_clips)
+        out = {}
+        for name, (code, field) in probes.items():
+            r = probe_r2(np.concatenate([c[code] for c in tr]),
+                         np.concatenate([c[field] for c in train_clips]),
+                         np.concatenate([c[code] for c in te]),
+                         np.concatenate([c[field] for c in test_clips]))
+            out[f"{name}_r2"] = round(r["r2"], 4)
+            out[f"{name}_r2_per_dim"] = [round(v, 4) for v in r["r2_per_dim"]]
+        return out
+
+    points, n, trained_s, last = [], 0, 0.0, {}
+    for target in minutes:
+        t0 = time.perf_counter()
+        while trained_s + (time.perf_counter() - t0) < target * 60:
+            batch = {k: jnp.asarray(v) for k, v in next(data).items() if k in keys}
+            params, opt, loss, terms = step(params, opt, batch)
+            n += 1
+            if n % 500 == 0:
+                last = {k: float(v) for k, v in jax.device_get(terms).items()}
+                print(f"step {n}: loss {float(loss):.4f} {last}", flush=True)
+        jax.block_until_ready(params)
+        trained_s += time.perf_counter() - t0
+        point = dict(minutes=round(trained_s / 60, 2), steps=n,
+                     steps_per_s=round(n / trained_s, 3), **probe(params))
+        print(json.dumps(point), flush=True)
+        points.append(point)
+
+    result = dict(
+        benchmark="motion_encoder_curve", config=args.config, variant=variant,
+        data=dict(st, held_out_identities=args.held_out), seed=args.seed,
+        batch_pairs=config.batch_size, frames_per_step=config.batch_size * len(roles),
+        lr=config.lr, loss_weights=weights, targets=dict(rotation_r2=0.95, mouth_r2=0.9),
+        points=points,
+        machine=dict(cpu=_machine.cpu_model(), cores=os.cpu_count(), platform=platform.platform(),
+                     device=str(jax.devices()[0].device_kind), jax=jax.__version__))
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
