@@ -20,6 +20,7 @@ full trainer: the curve is an optimistic bound on what the 30-minute run's probe
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import platform
@@ -42,6 +43,9 @@ def main():
                     help="comma-separated training minutes at which to probe")
     ap.add_argument("--held-out", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field, e.g. --set model.motion_stem_stride=4 "
+                         "(the value is read as a Python literal; repeatable)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     try:
@@ -58,7 +62,24 @@ def main():
     from vasa_jax.train.face_latent import (_to_float, check_motion_losses, motion_batch_keys,
                                             motion_terms, supervises_other)
 
+    if not os.path.isfile(args.config.partition(":")[0]):
+        ap.error(f"--config {args.config!r}: no such file; run from the repository root or pass "
+                 "the config's path, e.g. configs/face_latent.py:tiny_guided")
     config, variant = load_config(args.config)
+    for item in args.set:
+        key, eq, raw = item.partition("=")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        parent, _, leaf = key.rpartition(".")
+        node = config
+        for part in filter(None, parent.split(".")):
+            node = node.get(part) if hasattr(node, "get") else None
+        if not eq or node is None or leaf not in node:
+            ap.error(f"--set {item!r} is invalid: use KEY=VALUE with KEY an existing field of "
+                     f"{args.config}, e.g. model.motion_stem_stride=4")
+        node[leaf] = value
     weights = {k: float(v) for k, v in config.loss.items()
                if k in ("head_pose", "head_position", "expression") and v > 0}
     if not weights:
@@ -139,7 +160,7 @@ def main():
         points.append(point)
 
     result = dict(
-        benchmark="motion_encoder_curve", config=args.config, variant=variant,
+        benchmark="motion_encoder_curve", config=args.config, variant=variant, overrides=args.set,
         data=dict(st, held_out_identities=args.held_out), seed=args.seed,
         batch_pairs=config.batch_size, frames_per_step=config.batch_size * len(roles),
         lr=config.lr, loss_weights=weights, targets=dict(rotation_r2=0.95, mouth_r2=0.9),
