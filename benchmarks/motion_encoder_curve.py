@@ -56,6 +56,7 @@ def main():
         ap.error("--minutes must be positive and --held-out at least 1")
 
     from face_latent_cost import load_config
+    from vasa_jax import losses
     from vasa_jax.data import builders, pipelines
     from vasa_jax.eval.face_latent import _batched, _load_split, probe_r2
     from vasa_jax.models.face import build_model
@@ -110,7 +111,7 @@ def main():
             z_pose, z_dyn = enc(_to_float(batch[r]))
             coded[r] = dict(z_pose=z_pose, z_dyn=z_dyn)
         terms = motion_terms(config, coded, batch)
-        return sum(weights[k] * v for k, v in terms.items()), terms
+        return losses.total_generator_loss(terms, weights)[0], terms
 
     @jax.jit
     def step(p, o, batch):
@@ -142,7 +143,7 @@ def main():
             out[f"{name}_r2_per_dim"] = [round(v, 4) for v in r["r2_per_dim"]]
         return out
 
-    points, n, trained_s, last = [], 0, 0.0, {}
+    points, n, trained_s = [], 0, 0.0
     for target in minutes:
         t0 = time.perf_counter()
         while trained_s + (time.perf_counter() - t0) < target * 60:
@@ -150,8 +151,8 @@ def main():
             params, opt, loss, terms = step(params, opt, batch)
             n += 1
             if n % 500 == 0:
-                last = {k: float(v) for k, v in jax.device_get(terms).items()}
-                print(f"step {n}: loss {float(loss):.4f} {last}", flush=True)
+                host = {k: round(float(v), 4) for k, v in jax.device_get(terms).items()}
+                print(f"step {n}: loss {float(loss):.4f} {host}", flush=True)
         jax.block_until_ready(params)
         trained_s += time.perf_counter() - t0
         point = dict(minutes=round(trained_s / 60, 2), steps=n,
