@@ -286,3 +286,32 @@ def test_stage1_losses_that_need_ground_truth_refuse_real_data(prepared, tmp_pat
         with pytest.raises(ConfigError, match=match):
             face_latent.train(cfg, str(tmp_path / variant))
         assert not (tmp_path / variant / "checkpoints").exists()
+
+
+def test_serial_tfds_path_spills_past_the_shuffle_buffer_without_tensorflow(tmp_path,
+                                                                           monkeypatch):
+    """The builder's own `download_and_prepare` (tfds's serial path, manual_dir = the tree):
+    with tfds's in-memory shuffle buffer at 0 bytes every record goes through its bucket files,
+    which without TensorFlow failed with "No module named 'tensorflow'"; the records are the
+    ones `preprocess()` writes."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core import shuffle
+
+    root = str(tmp_path / "tree")
+    vf.vox_tree(root, train_speakers=2, clips_per_speaker=1, test_speakers=1, bad_files=False)
+    ref_dir = str(tmp_path / "ref")
+    preprocess.preprocess(_config(), root, ref_dir, num_workers=1, progress=False)
+    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 0)
+    settings = preprocess.Settings.from_config(_config())
+    builder = preprocess.make_builder(settings, str(tmp_path / "serial"))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
+    ref = _records(next(Path(ref_dir).glob("voxceleb2/*/*")))
+    for split, records in ref.items():
+        source = builder.as_data_source(split=split)
+        ours = sorted((source[i] for i in range(len(source))), key=lambda r: str(r["clip_id"]))
+        theirs = sorted(records, key=lambda r: str(r["clip_id"]))
+        assert len(ours) == len(theirs) > 0, split
+        for a, b in zip(ours, theirs):
+            for key in b:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=f"{split} {key}")
+    assert not list((tmp_path / "serial").rglob("bucket_*.tmp"))

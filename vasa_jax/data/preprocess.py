@@ -547,6 +547,13 @@ def _builder_classes():
                                     features=features_dict(),
                                     homepage="https://arxiv.org/abs/2404.10667")
 
+        def download_and_prepare(self, *args, **kwargs):
+            # Splits past tfds's 1 GB shuffle buffer spill to disk without TensorFlow.
+            from vasa_jax.data.builders import _shuffle_spill_on_plain_files
+
+            with _shuffle_spill_on_plain_files():
+                return super().download_and_prepare(*args, **kwargs)
+
         def _split_generators(self, dl_manager):
             # Serial tfds path (`download_and_prepare(download_config=DownloadConfig(
             # manual_dir=ROOT))`); `preprocess()` is the parallel, resumable one.
