@@ -26,21 +26,6 @@ jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-# Scheduling under `-n 2 --dist worksteal` (the README's command): the three modules whose tests
-# take one to three minutes each (the two-process run, the quickstart notebook, the stage-1
-# trainer) are collected first. Work stealing splits the collection into two contiguous halves
-# and an idle worker takes the tail of the other's queue, so the long tests run early on one
-# worker while the other drains short ones, and the run does not end waiting on a long test that
-# was handed out last (session 21: the sharded-step test, collected near the end, left one worker
-# idle for about a minute). A stable sort: every other test keeps pytest's order.
-_FIRST = ("test_distributed.py", "test_notebooks.py", "test_train_face_latent.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
-
 def pytest_unconfigure(config):
     if _OWN_CACHE:
         shutil.rmtree(os.environ.pop(_CACHE_ENV), ignore_errors=True)
