@@ -10,8 +10,13 @@ expression, with their weights, over source, driver and, with supervise_other, t
 identity's frame: the trainer's own `motion_terms`), with the config's batch, learning rate
 (after a 100-step warm-up, held constant: a 30-minute tiny_guided run stops at ~55% of its
 cosine schedule) and Adam b1. At each checkpoint in `--minutes` (training time, the probes'
-time excluded) it fits the stage-1 evaluation's ridge probes on the train identities' codes and
+time excluded; or `--steps`, for comparing encoders of different cost step for step) it fits the stage-1 evaluation's ridge probes on the train identities' codes and
 scores R² on `--held-out` held-out identities, as `python -m vasa_jax.eval.face_latent` does.
+One more probe, `mouth_geometry`, reads z_dyn → what the frame shows of the mouth: the log of
+its half-width and its half-opening in head units (`mouth_probe_ceiling.mouth_geometry`). High
+there and low on the factors means the encoder measures the mouth but one frame cannot tell
+the factors apart (the person's own mouth width is in the half-width); low there means the
+measurement itself falls short.
 
 A step here costs ~40% of a full stage-1 step (the 128² motion-encoder pass is the largest part
 of one), so at equal wall-clock the encoder sees ~2.3× the supervised frames it sees in the
@@ -41,6 +46,8 @@ def main():
     ap.add_argument("--data-dir", required=True, help="where SynthTalk is (or will be) rendered")
     ap.add_argument("--minutes", default="5,15,30",
                     help="comma-separated training minutes at which to probe")
+    ap.add_argument("--steps", default="",
+                    help="comma-separated step counts at which to probe, instead of --minutes")
     ap.add_argument("--held-out", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -48,14 +55,18 @@ def main():
                          "(the value is read as a Python literal; repeatable)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    by_steps = bool(args.steps)
+    flag, raw = ("--steps", args.steps) if by_steps else ("--minutes", args.minutes)
     try:
-        minutes = sorted(float(m) for m in args.minutes.split(","))
+        targets = sorted((int if by_steps else float)(m) for m in raw.split(","))
     except ValueError:
-        ap.error(f"--minutes={args.minutes!r} is invalid: use comma-separated numbers, e.g. 5,15")
-    if not minutes or minutes[0] <= 0 or args.held_out < 1:
-        ap.error("--minutes must be positive and --held-out at least 1")
+        ap.error(f"{flag}={raw!r} is invalid: use comma-separated "
+                 f"{'whole numbers, e.g. 500,1000' if by_steps else 'numbers, e.g. 5,15'}")
+    if not targets or targets[0] <= 0 or args.held_out < 1:
+        ap.error(f"{flag} must be positive and --held-out at least 1")
 
     from face_latent_cost import load_config
+    from mouth_probe_ceiling import mouth_geometry
     from vasa_jax import losses
     from vasa_jax.data import builders, pipelines
     from vasa_jax.eval.face_latent import _batched, _load_split, probe_r2
@@ -125,8 +136,12 @@ def main():
         return dict(z_pose=z_pose, z_dyn=z_dyn)
 
     train_clips, test_clips = _load_split(train_src), _load_split(test_src)
+    for clips in (train_clips, test_clips):  # per-frame (log half-width, half-opening)
+        for clip in clips:
+            clip["mouth_geometry"] = mouth_geometry([clip])[0][:, :2]
     probes = {"rotation": ("z_pose", "rotation"), "mouth": ("z_dyn", "mouth"),
-              "blink": ("z_dyn", "blink"), "gaze": ("z_dyn", "eye_gaze")}
+              "blink": ("z_dyn", "blink"), "gaze": ("z_dyn", "eye_gaze"),
+              "mouth_geometry": ("z_dyn", "mouth_geometry")}
 
     def probe(p) -> dict:
         def encode(clips):
@@ -144,9 +159,9 @@ def main():
         return out
 
     points, n, trained_s = [], 0, 0.0
-    for target in minutes:
+    for target in targets:
         t0 = time.perf_counter()
-        while trained_s + (time.perf_counter() - t0) < target * 60:
+        while (n < target) if by_steps else (trained_s + (time.perf_counter() - t0) < target * 60):
             batch = {k: jnp.asarray(v) for k, v in next(data).items() if k in keys}
             params, opt, loss, terms = step(params, opt, batch)
             n += 1
