@@ -25,7 +25,6 @@ full trainer: the curve is an optimistic bound on what the 30-minute run's probe
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import platform
@@ -65,33 +64,21 @@ def main():
     if not targets or targets[0] <= 0 or args.held_out < 1:
         ap.error(f"{flag} must be positive and --held-out at least 1")
 
-    from face_latent_cost import load_config
     from mouth_probe_ceiling import mouth_geometry
     from vasa_jax import losses
+    from vasa_jax.config_util import load_config
+    from vasa_jax.errors import ConfigError
     from vasa_jax.data import builders, pipelines
     from vasa_jax.eval.face_latent import _batched, _load_split, probe_r2
     from vasa_jax.models.face import build_model
     from vasa_jax.train.face_latent import (_to_float, check_motion_losses, motion_batch_keys,
                                             motion_terms, supervises_other)
 
-    if not os.path.isfile(args.config.partition(":")[0]):
-        ap.error(f"--config {args.config!r}: no such file; run from the repository root or pass "
-                 "the config's path, e.g. configs/face_latent.py:tiny_guided")
-    config, variant = load_config(args.config)
-    for item in args.set:
-        key, eq, raw = item.partition("=")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        parent, _, leaf = key.rpartition(".")
-        node = config
-        for part in filter(None, parent.split(".")):
-            node = node.get(part) if hasattr(node, "get") else None
-        if not eq or node is None or leaf not in node:
-            ap.error(f"--set {item!r} is invalid: use KEY=VALUE with KEY an existing field of "
-                     f"{args.config}, e.g. model.motion_stem_stride=4")
-        node[leaf] = value
+    try:  # --set goes through the trainers' own --config.FIELD=VALUE parser and checks
+        config = load_config(args.config, [f"config.{item}" for item in args.set])
+    except ConfigError as err:
+        ap.error(f"{err} (--config {args.config!r}, --set {args.set})")
+    variant = args.config.partition(":")[2] or "default"
     weights = {k: float(v) for k, v in config.loss.items()
                if k in ("head_pose", "head_position", "expression") and v > 0}
     if not weights:

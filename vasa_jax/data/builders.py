@@ -52,6 +52,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image
 
 from vasa_jax.data import synthtalk
@@ -217,17 +218,14 @@ class _PlainFiles:
         class gfile:  # noqa: N801 - mirrors `tf.io.gfile`
             @staticmethod
             def GFile(path, mode="r"):  # noqa: N802 - mirrors tf.io.gfile.GFile
-                from etils import epath
                 return epath.Path(path).open(mode)
 
             @staticmethod
             def exists(path) -> bool:
-                from etils import epath
                 return epath.Path(path).exists()
 
             @staticmethod
             def remove(path) -> None:
-                from etils import epath
                 epath.Path(path).unlink()
 
     class errors:  # noqa: N801 - mirrors `tf.errors`
