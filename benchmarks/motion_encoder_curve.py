@@ -80,9 +80,10 @@ def main():
         ap.error(f"{err} (--config {args.config!r}, --set {args.set})")
     variant = args.config.partition(":")[2] or "default"
     weights = {k: float(v) for k, v in config.loss.items()
-               if k in ("head_pose", "head_position", "expression") and v > 0}
+               if k in ("head_pose", "head_position", "expression", "keypoints") and v > 0}
     if not weights:
-        ap.error(f"{args.config} turns on no motion loss (head_pose, head_position, expression)")
+        ap.error(f"{args.config} turns on no motion loss (head_pose, head_position, expression, "
+                 "keypoints)")
     st = config.data.synthtalk.to_dict()
     train_src = builders.prepare_synthtalk(args.data_dir, **st)["train"]
     check_motion_losses(config, train_src[0])
@@ -106,8 +107,8 @@ def main():
         enc = nnx.merge(graphdef, p, rest)
         coded = {}
         for r in roles:
-            z_pose, z_dyn = enc(_to_float(batch[r]))
-            coded[r] = dict(z_pose=z_pose, z_dyn=z_dyn)
+            z_pose, z_dyn, kp = enc(_to_float(batch[r]), return_keypoints=True)
+            coded[r] = dict(z_pose=z_pose, z_dyn=z_dyn, keypoints=kp)
         terms = motion_terms(config, coded, batch)
         return losses.total_generator_loss(terms, weights)[0], terms
 

@@ -119,6 +119,44 @@ def test_motion_stem_stride_is_the_motion_encoders_own():
     chex.assert_shape((z_pose, z_dyn), ((2, POSE_DIM), (2, cfg.dyn_dim)))
 
 
+def test_motion_keypoints_find_a_peak_and_reach_both_heads():
+    """model.motion_keypoints=K: K spatial-softmax heatmaps on a trunk stage. A single sharp
+    peak in the stage map comes back as that cell's centre in [-1, 1] (x right, y down); the
+    2K coordinates feed the hidden layer and both heads, so the codes' gradient reaches the
+    heatmap conv; K=0 leaves the encoder as it was."""
+    cfg, model = _make_test_model(motion_keypoints=4, motion_keypoint_stage=0)
+    enc = model.motion
+    assert enc.kp_stage == 0 and enc.kp_conv.out_features == 4
+    c = enc.kp_conv.in_features
+    kernel = np.zeros(enc.kp_conv.kernel.shape, np.float32)
+    kernel[1, 1, 0, :] = 60.0  # every heatmap = 60 × channel 0 at the same cell
+    enc.kp_conv.kernel[...] = jnp.asarray(kernel)
+    enc.kp_conv.bias[...] = jnp.zeros_like(enc.kp_conv.bias[...])
+    fmap = np.zeros((2, 8, 8, c), np.float32)
+    fmap[0, 2, 5, 0] = fmap[1, 7, 0, 0] = 1.0
+    kp = np.asarray(enc.keypoint_coords(jnp.asarray(fmap)))
+    np.testing.assert_allclose(kp[0], np.tile([[5.5 / 4 - 1, 2.5 / 4 - 1]], (4, 1)), atol=1e-5)
+    np.testing.assert_allclose(kp[1], np.tile([[0.5 / 4 - 1, 7.5 / 4 - 1]], (4, 1)), atol=1e-5)
+
+    images = _images(jax.random.key(12), 2, cfg.image_size)
+    z_pose, z_dyn = enc(images)
+    chex.assert_shape((z_pose, z_dyn), ((2, POSE_DIM), (2, cfg.dyn_dim)))
+    graphdef, params, rest = nnx.split(enc, nnx.Param, ...)
+
+    def loss(p):
+        zp, zd = nnx.merge(graphdef, p, rest)(images)
+        return jnp.sum(zd ** 2) + jnp.sum(zp)  # the pose head starts at zero: linear in it
+
+    grads = jax.grad(loss)(params)
+    assert optax_global_norm(grads["kp_conv"]) > 0.0
+    for head in ("pose_head", "dyn_head"):  # the last 2K input rows are the coordinates
+        assert optax_global_norm(grads[head]["kernel"][...][-8:]) > 0.0
+    _, plain = _make_test_model()
+    assert not hasattr(plain.motion, "kp_conv") and plain.motion.keypoints == 0
+    with pytest.raises(ConfigError, match="motion_keypoint_stage"):
+        _make_test_model(motion_keypoints=4, motion_keypoint_stage=len(enc.trunk.blocks))
+
+
 def test_input_size_feeds_the_motion_encoder_the_larger_frame():
     """model.input_size = 2·image_size: the motion encoder reads the frame at input size (one
     more downsampling, same code shapes), the other encoders and the decoder work at image_size
@@ -239,6 +277,7 @@ def optax_global_norm(tree) -> float:
     ("stem_stride", 3),
     ("motion_stem_stride", 3),
     ("motion_pool", "max"),
+    ("motion_keypoints", -1),
     ("decoder_cond", "id"),
 ])
 def test_bad_config_names_field(field, value):
@@ -267,6 +306,11 @@ def test_tiny_guided_config_builds_its_model():
     assert cfg.model.input_size == cfg.data.synthtalk.resolution == 2 * cfg.model.image_size
     assert model.motion.trunk.stem.strides == 2 and model.appearance.stem.strides == 2
     assert len(model.motion.trunk.blocks) == 3
+    # 16 keypoints on the 32² stage, the first four guided to the landmarks.
+    assert model.motion.keypoints == 16 and model.motion.kp_stage == 0
+    assert cfg.loss.keypoints > 0
+    assert _load_config("tiny_run").loss.keypoints == 0
+    assert _load_config("tiny_run").model.motion_keypoints == 0
     assert cfg.loss.head_position > 0 and cfg.loss.expression > 0 and cfg.expression_dims == 4
     assert 0 < cfg.data.cross_clip_prob < 1 and cfg.supervise_other
     # Twice tiny_run's identities, without changing the table the other variants share.

@@ -282,6 +282,22 @@ def test_facial_region_losses_scale_with_the_face():
     assert float(terms["eyes"]) > 10 * float(terms["mouth"])
 
 
+def test_keypoint_loss_known_value():
+    """loss.keypoints: mean |first L keypoints − the L landmarks| / 0.02; the keypoints past L
+    are free; zero at the truth; too few keypoints are refused."""
+    from vasa_jax.losses import keypoint_loss
+
+    lm = jnp.asarray(np.random.default_rng(0).uniform(-0.5, 0.5, (2, 4, 2)), jnp.float32)
+    free = jnp.full((2, 3, 2), 0.9)
+    kp = jnp.concatenate([lm, free], axis=1)
+    assert float(keypoint_loss(kp, lm)) == pytest.approx(0.0, abs=1e-6)
+    # One coordinate off by 0.04 among 2 × 4 × 2: 0.04 / 16 / 0.02; moving a free one costs 0.
+    off = kp.at[1, 2, 0].add(0.04).at[0, 5, 1].add(0.3)
+    assert float(keypoint_loss(off, lm)) == pytest.approx(0.125, rel=1e-4)
+    with pytest.raises(ValueError, match="keypoint_loss"):
+        keypoint_loss(kp[:, :3], lm)
+
+
 def test_head_position_loss_known_value():
     """loss.head_position: mean |(t_x, t_y, log s) of z_pose − (head centre, log(scale /
     HEAD_SCALE_REF))| / 0.1; zero at the truth; mismatched shapes are refused."""

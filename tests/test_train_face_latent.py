@@ -166,6 +166,9 @@ def test_cross_identity_weight_without_a_network_is_refused(tmp_path, data_dir):
     with pytest.raises(ConfigError, match="head_pose_scale_deg"):
         train(_config(data_dir, steps=1, head_pose_scale_deg=(30.0, 0.0, 30.0),
                       **{"loss.head_pose": 1.0}), str(tmp_path / "w5"))
+    with pytest.raises(ConfigError, match="motion_keypoints=2"):  # 4 landmarks to guide
+        train(_config(data_dir, steps=1, **{"loss.keypoints": 1.0, "model.motion_keypoints": 2}),
+              str(tmp_path / "w6"))
 
 
 def test_input_size_trains_on_larger_frames_and_evaluates_at_image_size(tmp_path):
@@ -224,7 +227,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir
 
 
 def test_supervise_other_adds_the_other_frame_to_the_motion_losses():
-    """With supervise_other the head-pose, head-position and expression terms of a train step
+    """With supervise_other the head-pose, head-position, expression and keypoint terms of a step
     equal the losses over the source, driver and other frames' codes, not over the source and
     driver only (the other frame's truth differs, so the two cannot agree by chance)."""
     from flax import nnx
@@ -236,7 +239,7 @@ def test_supervise_other_adds_the_other_frame_to_the_motion_losses():
     cfg = _config("", supervise_other=True, expression_dims=4, expression_squared=True,
                   head_pose_scale_deg=(30.0, 22.0, 11.0),
                   **{"loss.head_pose": 1.0, "loss.head_position": 1.0, "loss.expression": 1.0,
-                     **NO_GAN})
+                     "loss.keypoints": 1.0, "model.motion_keypoints": 6, **NO_GAN})
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
     graphdefs, init, _, _ = build_state_fns(cfg, mesh)
     state = jax.jit(init)(jax.random.key(0))
@@ -251,16 +254,17 @@ def test_supervise_other_adds_the_other_frame_to_the_motion_losses():
                       f"{r}_translation": rng.normal(0, 0.1, (b, 2)).astype(np.float32),
                       f"{r}_scale": rng.uniform(0.5, 0.7, (b,)).astype(np.float32),
                       f"{r}_mouth": rng.uniform(0, 1, (b, 3)).astype(np.float32),
-                      f"{r}_blink": rng.uniform(0, 1, (b,)).astype(np.float32)})
+                      f"{r}_blink": rng.uniform(0, 1, (b,)).astype(np.float32),
+                      f"{r}_landmarks": rng.uniform(-0.5, 0.5, (b, 4, 2)).astype(np.float32)})
     batch = jax.tree.map(jnp.asarray, batch)
     train_step, _ = make_steps(cfg, graphdefs, make_perceptual(None))
     _, metrics = jax.jit(train_step)(state, batch)
 
     gen = nnx.merge(graphdefs[0], state["gen"], state["gen_rest"])
-    encode = jax.jit(lambda x: gen.encode_motion(x.astype(jnp.float32) / 127.5 - 1.0))
+    encode = jax.jit(lambda x: gen.motion(x.astype(jnp.float32) / 127.5 - 1.0,
+                                          return_keypoints=True))
     codes = [encode(batch[r]) for r in roles]
-    z_pose = jnp.concatenate([c[0] for c in codes])
-    z_dyn = jnp.concatenate([c[1] for c in codes])
+    z_pose, z_dyn, keypoints = (jnp.concatenate([c[i] for c in codes]) for i in range(3))
 
     def truth(f):
         return jnp.concatenate([batch[f"{r}_{f}"] for r in roles])
@@ -270,6 +274,7 @@ def test_supervise_other_adds_the_other_frame_to_the_motion_losses():
         "head_position": losses.head_position_loss(z_pose, truth("translation"), truth("scale")),
         "expression": losses.expression_loss(
             z_dyn, jnp.concatenate([expression_target(batch, r, 4) for r in roles]), squared=True),
+        "keypoints": losses.keypoint_loss(keypoints, truth("landmarks")),
     }
     for name, value in want.items():
         assert float(metrics[name]) == pytest.approx(float(value), rel=1e-4), name

@@ -115,6 +115,21 @@ def head_pose_loss(z_pose: jax.Array, rotation_deg: jax.Array,
     return jnp.mean(jnp.abs(z_pose[:, :3] - rotation_deg) / scale)
 
 
+def keypoint_loss(keypoints: jax.Array, landmarks: jax.Array, unit: float = 0.02) -> jax.Array:
+    """Landmark guidance of the motion encoder's keypoints: mean |keypoints[:, :L] − landmarks|
+    / unit over the L landmarks (x, y in the same normalised image coordinates, x right, y down,
+    [-1, 1]); unit 0.02 is ~1.3 px of a 128² frame. The remaining keypoints stay free.
+
+    keypoints: [B, K, 2] with K >= L; landmarks: [B, L, 2] (SynthTalk's truth; on real video
+    a landmark detector's)."""
+    if (keypoints.ndim != 3 or landmarks.ndim != 3 or keypoints.shape[0] != landmarks.shape[0]
+            or keypoints.shape[1] < landmarks.shape[1] or keypoints.shape[2] != 2
+            or landmarks.shape[2] != 2):
+        raise ValueError(f"keypoint_loss: keypoints {keypoints.shape} vs landmarks "
+                         f"{landmarks.shape}: need [B, K, 2] and [B, L, 2] with K >= L")
+    return jnp.mean(jnp.abs(keypoints[:, :landmarks.shape[1]] - landmarks)) / unit
+
+
 # The image scale (focal / distance) that z_pose's log-scale 0 stands for: SynthTalk's
 # mid-range head (distance 3.3 at focal 2); any constant works, it only sets the canonical size.
 HEAD_SCALE_REF = 0.6

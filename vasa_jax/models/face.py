@@ -212,12 +212,16 @@ class _Trunk2D(nnx.Module):
         self.norm = nnx.GroupNorm(chs[-1], num_groups(chs[-1]), rngs=rngs)
         self.out_features = chs[-1]
 
-    def __call__(self, image: jax.Array) -> jax.Array:
-        x = self.stem(image)
-        for block in self.blocks:
+    def __call__(self, image: jax.Array, tap: int | None = None):
+        """`tap=i` also returns stage i's output map (after its downsampling)."""
+        x, tapped = self.stem(image), None
+        for i, block in enumerate(self.blocks):
             x = downsample(block(x))
+            if i == tap:
+                tapped = x
         x = nnx.silu(self.norm(x))
-        return jnp.mean(x, axis=(1, 2)) if self.pool else x  # [B, C] or [B, h, w, C]
+        out = jnp.mean(x, axis=(1, 2)) if self.pool else x  # [B, C] or [B, h, w, C]
+        return out if tap is None else (out, tapped)
 
 
 class AppearanceEncoder(nnx.Module):
@@ -341,23 +345,63 @@ class MotionEncoder(nnx.Module):
                               cfg.encoder_downsamples + extra, rngs=rngs,
                               pool=self.pool == "mean", stem_stride=_motion_stem_stride(cfg))
         feats = self.trunk.out_features
+        # Keypoints (`model.motion_keypoints` K > 0): K heatmaps on a finer stage of the trunk
+        # (`model.motion_keypoint_stage`, counted from the stem; negative from the last), each
+        # reduced by a spatial softmax to its expected (x, y) in [-1, 1]. Sub-cell positions of
+        # mouth corners or eye lines are what the mouth's width and roll are; a pooled or
+        # flattened coarse map carries them only implicitly. The 2K coordinates feed the
+        # hidden layer and both heads directly, so a linear head can difference them.
+        self.keypoints = int(cfg.get("motion_keypoints", 0))
+        n_stages = len(self.trunk.blocks)
+        stage = int(cfg.get("motion_keypoint_stage", -2))
+        self.kp_stage = stage % n_stages if -n_stages <= stage < n_stages else None
+        check(self.keypoints >= 0 and (self.keypoints == 0 or self.kp_stage is not None),
+              f"model.motion_keypoints={self.keypoints!r} / motion_keypoint_stage={stage!r} "
+              f"is invalid: use keypoints >= 0 and a stage in [-{n_stages}, {n_stages - 1}]")
+        kp_dim = 2 * self.keypoints
+        if self.keypoints:
+            chs = _stage_channels(cfg.encoder_channels, cfg.encoder_max_channels, n_stages)
+            self.kp_conv = nnx.Conv(chs[self.kp_stage + 1], self.keypoints, (3, 3), rngs=rngs)
         if self.pool == "spatial":
             side = cfg.image_size // 2 ** cfg.encoder_downsamples
             self.reduce = nnx.Conv(feats, self._SPATIAL_CH, (1, 1), rngs=rngs)
-            self.hidden = nnx.Linear(side * side * self._SPATIAL_CH, self._HIDDEN, rngs=rngs)
+            self.hidden = nnx.Linear(side * side * self._SPATIAL_CH + kp_dim, self._HIDDEN,
+                                     rngs=rngs)
             feats = self._HIDDEN
-        self.pose_head = nnx.Linear(feats, POSE_DIM, kernel_init=nnx.initializers.zeros,
-                                    rngs=rngs)
-        self.dyn_head = nnx.Linear(feats, cfg.dyn_dim, rngs=rngs)
+        self.pose_head = nnx.Linear(feats + kp_dim, POSE_DIM,
+                                    kernel_init=nnx.initializers.zeros, rngs=rngs)
+        self.dyn_head = nnx.Linear(feats + kp_dim, cfg.dyn_dim, rngs=rngs)
 
-    def __call__(self, image: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h = self.trunk(image)
+    def keypoint_coords(self, fmap: jax.Array) -> jax.Array:
+        """Spatial-softmax keypoints of a stage map [B, h, w, C] → [B, K, 2] (x, y) in [-1, 1]."""
+        logits = self.kp_conv(fmap)  # [B, h, w, K]
+        b, h, w, k = logits.shape
+        prob = jax.nn.softmax(logits.reshape(b, h * w, k), axis=1).reshape(b, h, w, k)
+        ys = (jnp.arange(h) + 0.5) / h * 2 - 1
+        xs = (jnp.arange(w) + 0.5) / w * 2 - 1
+        x = jnp.einsum("bhwk,w->bk", prob, xs)
+        y = jnp.einsum("bhwk,h->bk", prob, ys)
+        return jnp.stack([x, y], axis=-1)
+
+    def __call__(self, image: jax.Array, return_keypoints: bool = False):
+        """(z_pose, z_dyn), or with `return_keypoints` (z_pose, z_dyn, keypoints [B, K, 2] or
+        None when model.motion_keypoints is 0)."""
+        if self.keypoints:
+            h, fmap = self.trunk(image, tap=self.kp_stage)
+            kp = self.keypoint_coords(fmap).reshape(image.shape[0], -1)
+        else:
+            h, kp = self.trunk(image), None
         if self.pool == "spatial":
-            h = self.reduce(h)
-            h = nnx.silu(self.hidden(h.reshape(h.shape[0], -1)))
+            h = self.reduce(h).reshape(h.shape[0], -1)
+            h = nnx.silu(self.hidden(h if kp is None else jnp.concatenate([h, kp], -1)))
+        if kp is not None:
+            h = jnp.concatenate([h, kp], axis=-1)
         raw = self.pose_head(h)
         angles = jnp.tanh(raw[:, :3]) * self.max_angle
-        return jnp.concatenate([angles, raw[:, 3:]], axis=-1), self.dyn_head(h)
+        z_pose, z_dyn = jnp.concatenate([angles, raw[:, 3:]], axis=-1), self.dyn_head(h)
+        if not return_keypoints:
+            return z_pose, z_dyn
+        return z_pose, z_dyn, None if kp is None else kp.reshape(kp.shape[0], -1, 2)
 
 
 # ----------------------------------------------------------------------------- warping
@@ -554,10 +598,12 @@ class FaceLatentModel(nnx.Module):
         """image [B, I, I, 3] (I = input_size) → dict(v_app, z_id, z_pose, z_dyn[, f_src]); the
         motion encoder reads the frame at input_size, the others at image_size."""
         chex.assert_shape(image, (None, self.input_size, self.input_size, 3))
-        z_pose, z_dyn = self.motion(image)
+        z_pose, z_dyn, keypoints = self.motion(image, return_keypoints=True)
         small = self.output_view(image)
         out = dict(v_app=self.appearance(small), z_id=self.identity(small),
                    z_pose=z_pose, z_dyn=z_dyn)
+        if keypoints is not None:
+            out["keypoints"] = keypoints
         if self.skip:
             out["f_src"] = self.skip_encoder(small)
         return out

@@ -124,6 +124,9 @@ _SUPERVISION = (
      "loss.expression needs per-frame mouth opening and eye closure, which this data set "
      "lacks (SynthTalk has them; real video needs a landmark detector): set "
      "--config.loss.expression=0"),
+    (("keypoints",), ("landmarks",), ("source", "driver"),
+     "loss.keypoints needs per-frame face landmarks, which this data set lacks (SynthTalk has "
+     "them; real video needs a landmark detector): set --config.loss.keypoints=0"),
     (("head_position",), ("translation", "scale"), ("source", "driver"),
      "loss.head_position needs per-frame head centres and scales, which this data set lacks "
      "(SynthTalk has them; real video needs a face tracker): set "
@@ -141,12 +144,18 @@ def check_motion_losses(config, record: dict) -> None:
         expression_dims(config)
     if config.loss.get("head_pose", 0.0) > 0:
         head_pose_scale(config)
+    if config.loss.get("keypoints", 0.0) > 0:
+        from vasa_jax.data import synthtalk
+        need, have = len(synthtalk.LANDMARKS), int(config.model.get("motion_keypoints", 0))
+        check(have >= need, f"loss.keypoints guides the first {need} motion keypoints to the "
+              f"landmarks but model.motion_keypoints={have}: set --config.model.motion_keypoints"
+              f"={need} or more, or --config.loss.keypoints=0")
     supervises_other(config)
 
 
 def motion_terms(config, coded: dict, batch: dict) -> dict:
     """The supervised motion losses that `config.loss` turns on (head_pose, head_position,
-    expression), unweighted, over the frames in `coded`: role ("source", "driver", "other") →
+    expression, keypoints), unweighted, over the frames in `coded`: role ("source", "driver", "other") →
     that frame's codes (at least z_pose and z_dyn); `batch` holds each role's truth as
     `<role>_<field>`. Shared by the train step and benchmarks/motion_encoder_curve.py."""
     w = config.loss
@@ -170,6 +179,8 @@ def motion_terms(config, coded: dict, batch: dict) -> dict:
             codes("z_dyn"),
             jnp.concatenate([expression_target(batch, r, dims) for r in coded]),
             squared=config.get("expression_squared", False))
+    if w.get("keypoints", 0.0) > 0:
+        terms["keypoints"] = losses.keypoint_loss(codes("keypoints"), truth("landmarks"))
     return terms
 
 
@@ -181,7 +192,7 @@ def motion_batch_keys(config) -> list[str]:
             if supervises_other(config) and "source" in roles:  # the motion losses
                 roles = (*roles, "other")
             keys += [f"{r}_{f}" for r in roles for f in fields]
-    return keys
+    return list(dict.fromkeys(keys))  # driver_landmarks serves loss.mouth and loss.keypoints
 
 
 def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
