@@ -595,8 +595,9 @@ class FaceLatentModel(nnx.Module):
         return self.motion(image)
 
     def encode(self, image: jax.Array) -> dict[str, jax.Array]:
-        """image [B, I, I, 3] (I = input_size) → dict(v_app, z_id, z_pose, z_dyn[, f_src]); the
-        motion encoder reads the frame at input_size, the others at image_size."""
+        """image [B, I, I, 3] (I = input_size) → dict(v_app, z_id, z_pose, z_dyn[, keypoints]
+        [, f_src]); the motion encoder reads the frame at input_size, the others at image_size.
+        `keypoints` [B, K, 2] only with model.motion_keypoints > 0."""
         chex.assert_shape(image, (None, self.input_size, self.input_size, 3))
         z_pose, z_dyn, keypoints = self.motion(image, return_keypoints=True)
         small = self.output_view(image)
