@@ -71,8 +71,8 @@ def main():
     from vasa_jax.data import builders, pipelines
     from vasa_jax.eval.face_latent import _batched, _load_split, probe_r2
     from vasa_jax.models.face import build_model
-    from vasa_jax.train.face_latent import (_to_float, check_motion_losses, motion_batch_keys,
-                                            motion_terms, supervises_other)
+    from vasa_jax.train.face_latent import (MOTION_LOSSES, _to_float, check_motion_losses,
+                                            motion_batch_keys, motion_terms, supervises_other)
 
     try:  # --set goes through the trainers' own --config.FIELD=VALUE parser and checks
         config = load_config(args.config, [f"config.{item}" for item in args.set])
@@ -80,10 +80,9 @@ def main():
         ap.error(f"{err} (--config {args.config!r}, --set {args.set})")
     variant = args.config.partition(":")[2] or "default"
     weights = {k: float(v) for k, v in config.loss.items()
-               if k in ("head_pose", "head_position", "expression", "keypoints") and v > 0}
+               if k in MOTION_LOSSES and v > 0}
     if not weights:
-        ap.error(f"{args.config} turns on no motion loss (head_pose, head_position, expression, "
-                 "keypoints)")
+        ap.error(f"{args.config} turns on no motion loss ({', '.join(MOTION_LOSSES)})")
     st = config.data.synthtalk.to_dict()
     train_src = builders.prepare_synthtalk(args.data_dir, **st)["train"]
     check_motion_losses(config, train_src[0])

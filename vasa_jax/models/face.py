@@ -388,9 +388,10 @@ class MotionEncoder(nnx.Module):
         None when model.motion_keypoints is 0)."""
         if self.keypoints:
             h, fmap = self.trunk(image, tap=self.kp_stage)
-            kp = self.keypoint_coords(fmap).reshape(image.shape[0], -1)
+            coords = self.keypoint_coords(fmap)
+            kp = coords.reshape(coords.shape[0], -1)
         else:
-            h, kp = self.trunk(image), None
+            h, coords, kp = self.trunk(image), None, None
         if self.pool == "spatial":
             h = self.reduce(h).reshape(h.shape[0], -1)
             h = nnx.silu(self.hidden(h if kp is None else jnp.concatenate([h, kp], -1)))
@@ -401,7 +402,7 @@ class MotionEncoder(nnx.Module):
         z_pose, z_dyn = jnp.concatenate([angles, raw[:, 3:]], axis=-1), self.dyn_head(h)
         if not return_keypoints:
             return z_pose, z_dyn
-        return z_pose, z_dyn, None if kp is None else kp.reshape(kp.shape[0], -1, 2)
+        return z_pose, z_dyn, coords
 
 
 # ----------------------------------------------------------------------------- warping

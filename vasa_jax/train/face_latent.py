@@ -153,6 +153,10 @@ def check_motion_losses(config, record: dict) -> None:
     supervises_other(config)
 
 
+# The loss.* terms motion_terms computes (what supervises the motion encoder alone).
+MOTION_LOSSES = ("head_pose", "head_position", "expression", "keypoints")
+
+
 def motion_terms(config, coded: dict, batch: dict) -> dict:
     """The supervised motion losses that `config.loss` turns on (head_pose, head_position,
     expression, keypoints), unweighted, over the frames in `coded`: role ("source", "driver", "other") →
