@@ -28,19 +28,15 @@ def mouth_geometry(records) -> tuple[np.ndarray, np.ndarray]:
     """(features [N, 2 + emotions], truth [N, 3]) over every frame of `records`."""
     from vasa_jax.data import synthtalk
     from vasa_jax.data.synthtalk.identity import sample_identity
-    from vasa_jax.data.synthtalk.render import EMOTION_FACE
+    from vasa_jax.data.synthtalk.render import mouth_shape
 
     xs, ys = [], []
     for i in range(len(records)):
         rec = records[i]
         identity = sample_identity(int(rec["identity"]))
         emotion = int(rec["emotion"])
-        smile, _, _, _, jaw = EMOTION_FACE[synthtalk.EMOTIONS[emotion]]
         m = np.asarray(rec["mouth"], np.float64)
-        opening = np.minimum(1.0, m[:, 0] + jaw)
-        a = (0.19 * identity.mouth_width * (0.72 + 0.45 * m[:, 1]) * (1 - 0.35 * m[:, 2])
-             * (1 + 0.08 * max(smile, 0.0)))
-        h = 0.12 * opening * (1 + 0.2 * m[:, 2])
+        a, h = mouth_shape(identity, m, synthtalk.EMOTIONS[emotion])
         onehot = np.zeros((len(m), len(synthtalk.EMOTIONS)))
         onehot[:, emotion] = 1.0
         xs.append(np.concatenate([np.log(a)[:, None], h[:, None], onehot], 1))

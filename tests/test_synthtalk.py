@@ -99,6 +99,60 @@ def test_open_mouth_darkens_mouth_region():
         assert _luma(opened[win]).mean() < _luma(closed[win]).mean() - 20
 
 
+def test_mouth_landmarks_sit_on_the_drawn_corners_and_lip_edges():
+    # Recolouring the lips changes exactly the lip pixels: their outermost columns are the
+    # mouth's corners, and the gap between upper and lower lip on the mouth's centre column is
+    # the opening, bounded by the inner lip edges. Each must follow the mouth factors and the
+    # emotion's smile, frontal and turned.
+    res = 128
+    names = synthtalk.LANDMARKS
+    cases = [(0, (1.0, 0.9, 0.0), "neutral", 0.0), (1, (0.8, 0.1, 0.8), "happy", 0.0),
+             (2, (0.9, 0.6, 0.3), "sad", 12.0), (3, (0.7, 0.4, 0.2), "surprised", -15.0)]
+    spans = []
+    for ident, mouth, emotion, yaw in cases:
+        idn = _identity(ident)
+        red = dataclasses.replace(idn, lips=np.asarray([1.0, 0.0, 0.0], np.float32))
+        blue = dataclasses.replace(idn, lips=np.asarray([0.0, 0.0, 1.0], np.float32))
+        render = lambda who: Renderer(who, res).render((yaw, 0.0, 0.0), (0.0, 0.0), 3.2,
+                                                       (0.0, 0.0), 0.0, mouth, emotion)
+        lips = np.abs(render(red).astype(np.float64) - render(blue)).sum(-1) > 60
+        pts = landmark_points(idn, mouth, emotion)
+        px = {n: project(pts[n], (yaw, 0.0, 0.0), (0.0, 0.0), 3.2, res) for n in names}
+        ys, xs = np.nonzero(lips)
+        # Pixel centres sit at +0.5; an edge pixel counts once its coverage passes ~half.
+        assert abs(xs.min() - (px["mouth_left"][0] - 0.5)) < 1.5, (ident, xs.min(), px)
+        assert abs(xs.max() + 1 - (px["mouth_right"][0] + 0.5)) < 1.5, (ident, xs.max(), px)
+        col = int(px["upper_lip"][0])
+        rows = np.nonzero(lips[:, col])[0]
+        gap = rows[1:][np.diff(rows) > 1], rows[:-1][np.diff(rows) > 1]
+        assert len(gap[0]) == 1, (ident, rows)  # one opening between the two lips
+        assert abs(gap[1][0] + 1 - px["upper_lip"][1]) < 1.5, (ident, rows, px["upper_lip"])
+        assert abs(gap[0][0] - px["lower_lip"][1]) < 1.5, (ident, rows, px["lower_lip"])
+        spans.append(px["mouth_right"][0] - px["mouth_left"][0])
+    assert spans[0] > spans[1] * 1.3  # wide, unrounded against narrow and rounded
+
+    # The stored per-frame landmarks of a generated clip (turned, shifted head; the clip's own
+    # mouth and emotion) land on that frame's lip pixels the same way.
+    from vasa_jax.data.synthtalk.clip import render_frames, sample_factors
+
+    for ident in (4, 5):
+        idn, emo, _, f = sample_factors(synthtalk.ClipSpec(identity=ident, seed=2, num_frames=25,
+                                                           resolution=res))
+        k = int(np.argmax(f["mouth"][:, 0]))  # the widest-open frame
+        one = {name: v[k:k + 1] for name, v in f.items()}
+        idn = _identity(ident)
+        red, blue = (render_frames(dataclasses.replace(idn, lips=np.asarray(c, np.float32)), one,
+                                   emo, res)[0].astype(np.float64)
+                     for c in ([1.0, 0.0, 0.0], [0.0, 0.0, 1.0]))
+        lips = np.abs(red - blue).sum(-1) > 60
+        lm = (f["landmarks"][k] + 1) / 2 * res
+        ys, xs = np.nonzero(lips)
+        assert abs(xs.min() - (lm[4, 0] - 0.5)) < 1.5 and abs(xs.max() + 0.5 - lm[5, 0]) < 1.5
+        rows = np.nonzero(lips[:, int(lm[6, 0])])[0]
+        top, bottom = rows[:-1][np.diff(rows) > 1], rows[1:][np.diff(rows) > 1]
+        assert abs(top[0] + 1 - lm[6, 1]) < 1.5 and abs(bottom[0] - lm[7, 1]) < 1.5, (rows, lm)
+
+
 def test_yaw_moves_nose_to_the_correct_side_and_hides_far_ear():
     idn = _identity(7, hair_style="bald")
     flat = dataclasses.replace(idn, nose_size=0.05, nose_length=0.05, ear_size=0.05)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vasa_jax.data import synthtalk
 from vasa_jax.config_util import load_config, set_fields
 from vasa_jax.train.common import NonFiniteLossError, read_metrics
 from vasa_jax.train import loop
@@ -169,6 +170,27 @@ def test_cross_identity_weight_without_a_network_is_refused(tmp_path, data_dir):
     with pytest.raises(ConfigError, match="motion_keypoints=2"):  # 4 landmarks to guide
         train(_config(data_dir, steps=1, **{"loss.keypoints": 1.0, "model.motion_keypoints": 2}),
               str(tmp_path / "w6"))
+    for bad in (0, len(synthtalk.LANDMARKS) + 1):
+        with pytest.raises(ConfigError, match=f"keypoint_landmarks={bad}"):
+            train(_config(data_dir, steps=1, keypoint_landmarks=bad,
+                          **{"loss.keypoints": 1.0, "model.motion_keypoints": 16}),
+                  str(tmp_path / "w7"))
+
+
+def test_keypoint_guidance_refuses_data_with_fewer_landmarks_than_asked():
+    # SynthTalk before builder 1.2.0 stored 4 landmarks per frame; guiding 8 on it must say so
+    # instead of quietly guiding 4.
+    from vasa_jax.errors import ConfigError
+    from vasa_jax.train.face_latent import motion_terms
+
+    cfg = _config("", keypoint_landmarks=8, **{"loss.keypoints": 1.0,
+                                               "model.motion_keypoints": 16})
+    coded = {"source": {"keypoints": jnp.zeros((2, 16, 2))}}
+    old = {"source_landmarks": jnp.zeros((2, 4, 2))}
+    with pytest.raises(ConfigError, match="keypoint_landmarks=8 but the data has 4 landmarks"):
+        motion_terms(cfg, coded, old)
+    new = {"source_landmarks": jnp.full((2, len(synthtalk.LANDMARKS), 2), 0.02)}
+    assert float(motion_terms(cfg, coded, new)["keypoints"]) == pytest.approx(1.0)
 
 
 def test_input_size_trains_on_larger_frames_and_evaluates_at_image_size(tmp_path):
@@ -237,9 +259,9 @@ def test_supervise_other_adds_the_other_frame_to_the_motion_losses():
     from vasa_jax.train.face_latent import expression_target, make_steps
 
     cfg = _config("", supervise_other=True, expression_dims=4, expression_squared=True,
-                  head_pose_scale_deg=(30.0, 22.0, 11.0),
+                  head_pose_scale_deg=(30.0, 22.0, 11.0), keypoint_landmarks=6,
                   **{"loss.head_pose": 1.0, "loss.head_position": 1.0, "loss.expression": 1.0,
-                     "loss.keypoints": 1.0, "model.motion_keypoints": 6, **NO_GAN})
+                     "loss.keypoints": 1.0, "model.motion_keypoints": 10, **NO_GAN})
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
     graphdefs, init, _, _ = build_state_fns(cfg, mesh)
     state = jax.jit(init)(jax.random.key(0))
@@ -255,7 +277,7 @@ def test_supervise_other_adds_the_other_frame_to_the_motion_losses():
                       f"{r}_scale": rng.uniform(0.5, 0.7, (b,)).astype(np.float32),
                       f"{r}_mouth": rng.uniform(0, 1, (b, 3)).astype(np.float32),
                       f"{r}_blink": rng.uniform(0, 1, (b,)).astype(np.float32),
-                      f"{r}_landmarks": rng.uniform(-0.5, 0.5, (b, 4, 2)).astype(np.float32)})
+                      f"{r}_landmarks": rng.uniform(-0.5, 0.5, (b, len(synthtalk.LANDMARKS), 2)).astype(np.float32)})
     batch = jax.tree.map(jnp.asarray, batch)
     train_step, _ = make_steps(cfg, graphdefs, make_perceptual(None))
     _, metrics = jax.jit(train_step)(state, batch)
@@ -274,7 +296,7 @@ def test_supervise_other_adds_the_other_frame_to_the_motion_losses():
         "head_position": losses.head_position_loss(z_pose, truth("translation"), truth("scale")),
         "expression": losses.expression_loss(
             z_dyn, jnp.concatenate([expression_target(batch, r, 4) for r in roles]), squared=True),
-        "keypoints": losses.keypoint_loss(keypoints, truth("landmarks")),
+        "keypoints": losses.keypoint_loss(keypoints, truth("landmarks")[:, :6]),
     }
     for name, value in want.items():
         assert float(metrics[name]) == pytest.approx(float(value), rel=1e-4), name

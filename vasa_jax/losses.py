@@ -206,7 +206,7 @@ def region_l1_loss(pred: jax.Array, target: jax.Array, landmarks: jax.Array, sig
 def facial_region_losses(pred: jax.Array, target: jax.Array, landmarks: jax.Array,
                          sigma_fraction: float) -> dict[str, jax.Array]:
     """{"mouth": ..., "eyes": ...} region L1 terms from the target frame's landmarks
-    [B, 4, 2] in `synthtalk.LANDMARKS` order (left eye, right eye, nose tip, mouth); windows of
+    [B, L >= 4, 2] in `synthtalk.LANDMARKS` order (left eye, right eye, nose tip, mouth, …); windows of
     sigma = sigma_fraction × the inter-ocular distance."""
     sigma = sigma_fraction * jnp.linalg.norm(landmarks[:, 0] - landmarks[:, 1], axis=-1)
     return {"mouth": region_l1_loss(pred, target, landmarks[:, 3:4], sigma),

@@ -21,8 +21,9 @@ Record layout (one clip per record, T = num_frames, R = resolution):
   f0           float32 [T]       pitch (Hz)
   loudness     float32 [T]       articulatory loudness
   viseme       int32 [T]         index into synthtalk.VISEMES
-  landmarks    float32 [T, 4, 2] synthtalk.LANDMARKS (eyes, nose tip, mouth) in normalised
-                                 image coordinates (x right, y down)
+  landmarks    float32 [T, 8, 2] synthtalk.LANDMARKS (eyes, nose tip, mouth centre, mouth
+                                 corners, inner lip edges) in normalised image coordinates
+                                 (x right, y down)
   identity     int64 []          SynthTalk identity id
   emotion      int64 []          index into synthtalk.EMOTIONS
   clip_seed    int64 []          `generate_clip(identity, clip_seed, T, R)` regenerates the clip
@@ -267,9 +268,11 @@ class SynthTalk(tfds.core.GeneratorBasedBuilder):
     """SynthTalk talking-head clips with exact per-frame ground truth (see module doc)."""
 
     name = "synthtalk"
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {"1.0.0": "PNG frames, 16 kHz audio and all SynthTalk factors per clip.",
-                     "1.1.0": "Adds per-frame 2D landmarks (eyes, nose tip, mouth)."}
+                     "1.1.0": "Adds per-frame 2D landmarks (eyes, nose tip, mouth).",
+                     "1.2.0": "Adds the mouth's corners and inner lip edges to the landmarks; "
+                              "they move with the mouth factors and the emotion."}
     BUILDER_CONFIG_CLASS = SynthTalkConfig
     BUILDER_CONFIGS = [SynthTalkConfig()]
 

@@ -90,6 +90,19 @@ def expression_dims(config) -> int:
     return int(dims)
 
 
+def keypoint_landmarks(config) -> int:
+    """`config.keypoint_landmarks`: how many of synthtalk.LANDMARKS, from the first,
+    loss.keypoints guides (4: eyes, nose tip, mouth centre; up to 8 with the mouth's corners
+    and inner lip edges)."""
+    from vasa_jax.data import synthtalk
+
+    n, most = config.get("keypoint_landmarks", 4), len(synthtalk.LANDMARKS)
+    check(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and 1 <= n <= most,
+          f"keypoint_landmarks={n!r} is invalid: use 1 to {most} (how many of "
+          f"{', '.join(synthtalk.LANDMARKS)} loss.keypoints guides)")
+    return int(n)
+
+
 def supervises_other(config) -> bool:
     """`config.supervise_other`: the motion losses (head_pose, head_position, expression) also
     read the frame of another identity that every batch carries."""
@@ -145,8 +158,7 @@ def check_motion_losses(config, record: dict) -> None:
     if config.loss.get("head_pose", 0.0) > 0:
         head_pose_scale(config)
     if config.loss.get("keypoints", 0.0) > 0:
-        from vasa_jax.data import synthtalk
-        need, have = len(synthtalk.LANDMARKS), int(config.model.get("motion_keypoints", 0))
+        need, have = keypoint_landmarks(config), int(config.model.get("motion_keypoints", 0))
         check(have >= need, f"loss.keypoints guides the first {need} motion keypoints to the "
               f"landmarks but model.motion_keypoints={have}: set --config.model.motion_keypoints"
               f"={need} or more, or --config.loss.keypoints=0")
@@ -184,7 +196,11 @@ def motion_terms(config, coded: dict, batch: dict) -> dict:
             jnp.concatenate([expression_target(batch, r, dims) for r in coded]),
             squared=config.get("expression_squared", False))
     if w.get("keypoints", 0.0) > 0:
-        terms["keypoints"] = losses.keypoint_loss(codes("keypoints"), truth("landmarks"))
+        n, landmarks = keypoint_landmarks(config), truth("landmarks")
+        check(landmarks.shape[1] >= n, f"keypoint_landmarks={n} but the data has "
+              f"{landmarks.shape[1]} landmarks per frame: rebuild SynthTalk (builder 1.2.0 or "
+              f"later) or set --config.keypoint_landmarks={landmarks.shape[1]}")
+        terms["keypoints"] = losses.keypoint_loss(codes("keypoints"), landmarks[:, :n])
     return terms
 
 

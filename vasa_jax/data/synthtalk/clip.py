@@ -32,9 +32,9 @@ class Clip:
       degrees; θ > 0 towards image right, φ > 0 up), eye_gaze [T, 2] (eye-in-head θ, φ), blink [T]
       (0 open, 1 shut), mouth [T, 3] (opening, width, rounding in [0, 1]), f0 [T] (Hz),
       loudness [T] (articulatory loudness), viseme [T] (int32 index into VISEMES), landmarks
-      [T, 4, 2] (the LANDMARKS surface points — eyes, nose tip, mouth centre — projected to
-      normalised image coordinates like translation; what a face-landmark detector gives on
-      real video).
+      [T, 8, 2] (the LANDMARKS surface points — eyes, nose tip, mouth centre, the mouth's
+      corners and inner lip edges — projected to normalised image coordinates like
+      translation; what a face-landmark detector gives on real video).
     """
 
     spec: ClipSpec
@@ -54,13 +54,16 @@ def _frame_mode(x: np.ndarray) -> np.ndarray:
     return np.asarray([np.bincount(b).argmax() for b in blocks], np.int32)
 
 
-def project_landmarks(identity: Identity, rotation, shift, distance) -> np.ndarray:
+def project_landmarks(identity: Identity, rotation, shift, distance, mouth, emotion: str
+                      ) -> np.ndarray:
     """float32 [T, len(LANDMARKS), 2]: the identity's landmarks in normalised image coordinates
-    (x right, y down, [-1, 1] across the frame) for per-frame rotation, shift and distance."""
-    points = landmark_points(identity)
-    head = np.stack([points[name] for name in LANDMARKS])  # [L, 3]
-    out = np.stack([project(head, rotation[i], shift[i], distance[i], 2) - 1.0
-                    for i in range(len(distance))])
+    (x right, y down, [-1, 1] across the frame) for per-frame rotation, shift, distance and
+    mouth factors [T, 3] (the mouth's corners and lips move with them) and the clip's emotion."""
+    t = len(distance)
+    points = landmark_points(identity, np.asarray(mouth).reshape(t, 3), emotion)
+    head = np.stack([np.broadcast_to(points[name], (t, 3)) for name in LANDMARKS], 1)  # [T, L, 3]
+    out = np.stack([project(head[i], rotation[i], shift[i], distance[i], 2) - 1.0
+                    for i in range(t)])
     return out.astype(np.float32)
 
 
@@ -79,6 +82,8 @@ def sample_factors(spec: ClipSpec) -> tuple[Identity, int, np.ndarray, dict]:
     dist = motion["distance"]
     shift = motion["shift"]
     translation = np.stack([shift[:, 0] * FOCAL / dist, -shift[:, 1] * FOCAL / dist], -1)
+    mouth = np.stack([frame_mean(speech.open), frame_mean(speech.width),
+                      frame_mean(speech.round)], -1)
     factors = dict(
         rotation=motion["rotation"],
         translation=translation.astype(np.float32),
@@ -87,12 +92,11 @@ def sample_factors(spec: ClipSpec) -> tuple[Identity, int, np.ndarray, dict]:
         gaze=motion["gaze"],
         eye_gaze=motion["eye_gaze"],
         blink=motion["blink"],
-        mouth=np.stack([frame_mean(speech.open), frame_mean(speech.width),
-                        frame_mean(speech.round)], -1),
+        mouth=mouth,
         f0=frame_mean(speech.f0),
         loudness=frame_mean(speech.loudness),
         viseme=_frame_mode(speech.viseme),
-        landmarks=project_landmarks(identity, motion["rotation"], shift, dist),
+        landmarks=project_landmarks(identity, motion["rotation"], shift, dist, mouth, name),
         _shift=shift,
     )
     assert speech.audio.shape[0] == spec.num_frames * SAMPLES_PER_FRAME

@@ -275,7 +275,7 @@ class Renderer:
         rx, ry, rz = idn.head_radii
         xn, yn, zn = point[..., 0] / rx, point[..., 1] / ry, point[..., 2] / rz
         u, v = xn, yn
-        smile, brow_h, brow_raise, eye_open, jaw = EMOTION_FACE[emotion]
+        smile, brow_h, brow_raise, eye_open, _ = EMOTION_FACE[emotion]  # jaw: mouth_shape
         front = np.clip((zn - 0.05) / 0.1, 0, 1)  # features live on the front only
         color = np.broadcast_to(idn.skin, point.shape).astype(np.float32).copy()
         # Cheeks a touch redder, chin a touch darker.
@@ -343,14 +343,11 @@ class Renderer:
             color = _mix(color, idn.brow_color, _coverage(f_brow * ry) * front)
 
         # Mouth: opening, width, rounding from speech; corners from emotion.
-        m_open, m_width, m_round = (float(x) for x in mouth)
-        m_open = min(1.0, m_open + jaw)
-        a = 0.19 * idn.mouth_width * (0.72 + 0.45 * m_width) * (1 - 0.35 * m_round) * (1 + 0.08 * max(smile, 0))
+        a, half_open = (float(x) for x in mouth_shape(idn, mouth, emotion))
         mu = u / a
         para = np.clip(1 - mu * mu, 0, None)
         sq = np.sqrt(para)
         dv = v - idn.mouth_height - smile * 0.05 * mu * mu
-        half_open = 0.12 * m_open * (1 + 0.2 * m_round)
         inner = np.maximum(np.abs(dv) - half_open * sq, np.abs(mu) - 0.92)
         top = half_open * sq + 0.028 * (0.35 + 0.65 * sq)
         bottom = -(half_open * sq + 0.036 * (0.35 + 0.65 * sq))
@@ -383,12 +380,29 @@ class Renderer:
         return color
 
 
-def landmark_points(identity: Identity) -> dict:
-    """Head-frame 3D positions of a few facial landmarks (surface points)."""
+def mouth_shape(identity: Identity, mouth, emotion: str) -> tuple[np.ndarray, np.ndarray]:
+    """(half-width, half-opening) of the drawn mouth in face-surface units (x / rx, y / ry) for
+    mouth factors [..., 3] = (open, width, round) and an emotion name: the one place the
+    renderer and the mouth landmarks take the mouth's geometry from."""
+    smile, _, _, _, jaw = EMOTION_FACE[emotion]
+    m = np.asarray(mouth, np.float64)
+    opening = np.minimum(1.0, m[..., 0] + jaw)
+    half_width = (0.19 * identity.mouth_width * (0.72 + 0.45 * m[..., 1]) * (1 - 0.35 * m[..., 2])
+                  * (1 + 0.08 * max(smile, 0.0)))
+    return half_width, 0.12 * opening * (1 + 0.2 * m[..., 2])
+
+
+def landmark_points(identity: Identity, mouth=(0.0, 0.5, 0.0), emotion: str = "neutral") -> dict:
+    """Head-frame 3D positions of the facial landmarks (surface points), in `LANDMARKS` order
+    once stacked. The mouth's corners and inner lip edges follow `mouth` [..., 3] and the
+    emotion (a smile lifts the corners), so with per-frame factors those entries are [..., 3]."""
     rx, ry, rz = identity.head_radii
+    smile = EMOTION_FACE[emotion][0]
+    half_width, half_open = mouth_shape(identity, mouth, emotion)
 
     def surface(u, v):
-        return np.asarray([u * rx, v * ry, rz * np.sqrt(max(1 - u * u - v * v, 0.0))])
+        u, v = np.broadcast_arrays(np.asarray(u, np.float64), np.asarray(v, np.float64))
+        return np.stack([u * rx, v * ry, rz * np.sqrt(np.maximum(1 - u * u - v * v, 0.0))], -1)
 
     _, ny, nz = _nose_center(identity)
     tilt = np.deg2rad(-18)
@@ -399,6 +413,10 @@ def landmark_points(identity: Identity) -> dict:
         "right_eye": surface(identity.eye_spacing, identity.eye_height),
         "nose_tip": tip,
         "mouth": surface(0.0, identity.mouth_height),
+        "mouth_left": surface(-half_width, identity.mouth_height + smile * 0.05),
+        "mouth_right": surface(half_width, identity.mouth_height + smile * 0.05),
+        "upper_lip": surface(np.zeros_like(half_open), identity.mouth_height + half_open),
+        "lower_lip": surface(np.zeros_like(half_open), identity.mouth_height - half_open),
     }
 
 

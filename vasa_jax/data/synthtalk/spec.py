@@ -23,8 +23,11 @@ VISEMES = ("silence", "open", "rounded", "spread", "bilabial", "fricative")
 HAIR_STYLES = ("bald", "short", "fringe", "long", "bun")
 ACCESSORIES = ("none", "round_glasses", "square_glasses", "headband")
 BACKGROUNDS = ("solid", "gradient", "stripes", "checker", "blobs")
-# The per-frame `landmarks` factor lists these surface points, in this order.
-LANDMARKS = ("left_eye", "right_eye", "nose_tip", "mouth")
+# The per-frame `landmarks` factor lists these surface points, in this order: the first four are
+# fixed on the face (the mouth's centre at rest); the mouth's corners and the inner edges of its
+# lips at the centre line move with the mouth factors and the emotion.
+LANDMARKS = ("left_eye", "right_eye", "nose_tip", "mouth",
+             "mouth_left", "mouth_right", "upper_lip", "lower_lip")
 
 MIN_RESOLUTION = 64
 MAX_RESOLUTION = 512
