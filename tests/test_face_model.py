@@ -308,8 +308,12 @@ def test_tiny_guided_config_builds_its_model():
     assert len(model.motion.trunk.blocks) == 3
     # 16 keypoints on the 32² stage, the first four guided to the landmarks.
     assert model.motion.keypoints == 16 and model.motion.kp_stage == 0
-    assert cfg.loss.keypoints > 0
+    assert cfg.loss.keypoints > 0 and cfg.keypoint_landmarks == 4
     assert _load_config("tiny_run").loss.keypoints == 0
+    # Head-pose units by each angle's spread: a degree of roll costs most, yaw least.
+    yaw, pitch, roll = cfg.head_pose_scale_deg
+    assert roll < pitch < yaw
+    assert tuple(_load_config("tiny_run").head_pose_scale_deg) == (30.0, 30.0, 30.0)
     assert _load_config("tiny_run").model.motion_keypoints == 0
     assert cfg.loss.head_position > 0 and cfg.loss.expression > 0 and cfg.expression_dims == 4
     assert 0 < cfg.data.cross_clip_prob < 1 and cfg.supervise_other
