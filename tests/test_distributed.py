@@ -93,7 +93,7 @@ def test_two_processes_match_one_and_resume_after_a_kill(real_data, tmp_path, de
     cmd = [sys.executable, "-m", "vasa_jax.train.face_latent",
            "--config", f"{CONFIGS / 'face_latent.py'}:tiny", "--workdir", workdir, *overrides]
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"))
-    env.pop("XLA_FLAGS", None)
+    # (launch/local.py swaps this process's 8-device flag for 4 and keeps the others)
     logs = tmp_path / "logs"
     procs = launch.start_processes(cmd, 2, cpu_devices=4, log_dir=str(logs), cwd=str(ROOT),
                                    env=env)
