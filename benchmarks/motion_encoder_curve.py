@@ -52,6 +52,10 @@ def main():
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field, e.g. --set model.motion_stem_stride=4 "
                          "(the value is read as a Python literal; repeatable)")
+    ap.add_argument("--color-jitter", default="", metavar="GAIN,BIAS,GRAY",
+                    help="photometric jitter of every training frame the encoder reads (not the "
+                         "probed frames): per-channel gain in 1±GAIN, offset in ±BIAS (on 0…1 "
+                         "pixels), grey with probability GRAY; e.g. 0.3,0.15,0.2")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     by_steps = bool(args.steps)
@@ -63,6 +67,13 @@ def main():
                  f"{'whole numbers, e.g. 500,1000' if by_steps else 'numbers, e.g. 5,15'}")
     if not targets or targets[0] <= 0 or args.held_out < 1:
         ap.error(f"{flag} must be positive and --held-out at least 1")
+    try:
+        jit_gain, jit_bias, jit_gray = (map(float, args.color_jitter.split(","))
+                                        if args.color_jitter else (0.0, 0.0, 0.0))
+        assert 0 <= jit_gain < 1 and 0 <= jit_bias < 1 and 0 <= jit_gray <= 1
+    except (ValueError, AssertionError):
+        ap.error(f"--color-jitter={args.color_jitter!r} is invalid: use GAIN,BIAS,GRAY with "
+                 "GAIN and BIAS in [0, 1) and GRAY in [0, 1], e.g. 0.3,0.15,0.2")
 
     from mouth_probe_ceiling import mouth_geometry
     from vasa_jax import losses
@@ -102,18 +113,33 @@ def main():
                                 b1=config.adam_b1))
     opt = tx.init(params)
 
-    def loss_fn(p, batch):
+    def jitter(x, key):
+        """x in [-1, 1]: per-frame channel gains and offsets, sometimes grey (colour carries no
+        pose or expression on SynthTalk, only who the person is)."""
+        if not (jit_gain or jit_bias or jit_gray):
+            return x
+        kg, kb, kgr = jax.random.split(key, 3)
+        b = x.shape[0]
+        gain = jax.random.uniform(kg, (b, 1, 1, 3), minval=1 - jit_gain, maxval=1 + jit_gain)
+        bias = jax.random.uniform(kb, (b, 1, 1, 3), minval=-jit_bias, maxval=jit_bias)
+        y = (x + 1.0) * 0.5
+        grey = jax.random.bernoulli(kgr, jit_gray, (b, 1, 1, 1))
+        y = jnp.where(grey, jnp.broadcast_to(jnp.mean(y, -1, keepdims=True), y.shape), y)
+        return jnp.clip(y * gain + bias, 0.0, 1.0) * 2.0 - 1.0
+
+    def loss_fn(p, batch, key):
         enc = nnx.merge(graphdef, p, rest)
         coded = {}
-        for r in roles:
-            z_pose, z_dyn, kp = enc(_to_float(batch[r]), return_keypoints=True)
+        for i, r in enumerate(roles):
+            frames = jitter(_to_float(batch[r]), jax.random.fold_in(key, i))
+            z_pose, z_dyn, kp = enc(frames, return_keypoints=True)
             coded[r] = dict(z_pose=z_pose, z_dyn=z_dyn, keypoints=kp)
         terms = motion_terms(config, coded, batch)
         return losses.total_generator_loss(terms, weights)[0], terms
 
     @jax.jit
-    def step(p, o, batch):
-        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, batch)
+    def step(p, o, batch, key):
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, batch, key)
         updates, o = tx.update(grads, o, p)
         return optax.apply_updates(p, updates), o, loss, terms
 
@@ -146,11 +172,13 @@ def main():
         return out
 
     points, n, trained_s = [], 0, 0.0
+    jitter_key = jax.random.key(args.seed + 1)
     for target in targets:
         t0 = time.perf_counter()
         while (n < target) if by_steps else (trained_s + (time.perf_counter() - t0) < target * 60):
             batch = {k: jnp.asarray(v) for k, v in next(data).items() if k in keys}
-            params, opt, loss, terms = step(params, opt, batch)
+            params, opt, loss, terms = step(params, opt, batch,
+                                            jax.random.fold_in(jitter_key, n))
             n += 1
             if n % 500 == 0:
                 host = {k: round(float(v), 4) for k, v in jax.device_get(terms).items()}
@@ -164,6 +192,7 @@ def main():
 
     result = dict(
         benchmark="motion_encoder_curve", config=args.config, variant=variant, overrides=args.set,
+        color_jitter=dict(gain=jit_gain, bias=jit_bias, grey_prob=jit_gray),
         data=dict(st, held_out_identities=args.held_out), seed=args.seed,
         batch_pairs=config.batch_size, frames_per_step=config.batch_size * len(roles),
         lr=config.lr, loss_weights=weights, targets=dict(rotation_r2=0.95, mouth_r2=0.9),
