@@ -99,6 +99,29 @@ def test_open_mouth_darkens_mouth_region():
         assert _luma(opened[win]).mean() < _luma(closed[win]).mean() - 20
 
 
+def _lip_pixels(idn, draw) -> np.ndarray:
+    """[H, W] bool: the pixels that change when the identity's lips are recoloured (red against
+    blue): exactly the drawn lips. draw(identity) renders one frame."""
+    red, blue = (draw(dataclasses.replace(idn, lips=np.asarray(c, np.float32)))
+                 for c in ([1.0, 0.0, 0.0], [0.0, 0.0, 1.0]))
+    return np.abs(red.astype(np.float64) - blue).sum(-1) > 60
+
+
+def _gaps_on_the_lips(lips, left, right, upper, lower, what) -> int:
+    """Asserts the mouth's corners are the lip pixels' outermost columns and the inner lip edges
+    bound the gap between the lips on the upper lip's column (points in pixels, within 1.5 px);
+    returns how many gaps that column has."""
+    ys, xs = np.nonzero(lips)
+    # Pixel centres sit at +0.5; an edge pixel counts once its coverage passes ~half.
+    assert abs(xs.min() - (left[0] - 0.5)) < 1.5, (what, xs.min(), left)
+    assert abs(xs.max() + 1 - (right[0] + 0.5)) < 1.5, (what, xs.max(), right)
+    rows = np.nonzero(lips[:, int(upper[0])])[0]
+    below, above = rows[1:][np.diff(rows) > 1], rows[:-1][np.diff(rows) > 1]
+    assert abs(above[0] + 1 - upper[1]) < 1.5, (what, rows, upper)
+    assert abs(below[0] - lower[1]) < 1.5, (what, rows, lower)
+    return len(below)
+
+
 def test_mouth_landmarks_sit_on_the_drawn_corners_and_lip_edges():
     # Recolouring the lips changes exactly the lip pixels: their outermost columns are the
     # mouth's corners, and the gap between upper and lower lip on the mouth's centre column is
@@ -111,23 +134,13 @@ def test_mouth_landmarks_sit_on_the_drawn_corners_and_lip_edges():
     spans = []
     for ident, mouth, emotion, yaw in cases:
         idn = _identity(ident)
-        red = dataclasses.replace(idn, lips=np.asarray([1.0, 0.0, 0.0], np.float32))
-        blue = dataclasses.replace(idn, lips=np.asarray([0.0, 0.0, 1.0], np.float32))
-        render = lambda who: Renderer(who, res).render((yaw, 0.0, 0.0), (0.0, 0.0), 3.2,
-                                                       (0.0, 0.0), 0.0, mouth, emotion)
-        lips = np.abs(render(red).astype(np.float64) - render(blue)).sum(-1) > 60
+        lips = _lip_pixels(idn, lambda who: Renderer(who, res).render(
+            (yaw, 0.0, 0.0), (0.0, 0.0), 3.2, (0.0, 0.0), 0.0, mouth, emotion))
         pts = landmark_points(idn, mouth, emotion)
         px = {n: project(pts[n], (yaw, 0.0, 0.0), (0.0, 0.0), 3.2, res) for n in names}
-        ys, xs = np.nonzero(lips)
-        # Pixel centres sit at +0.5; an edge pixel counts once its coverage passes ~half.
-        assert abs(xs.min() - (px["mouth_left"][0] - 0.5)) < 1.5, (ident, xs.min(), px)
-        assert abs(xs.max() + 1 - (px["mouth_right"][0] + 0.5)) < 1.5, (ident, xs.max(), px)
-        col = int(px["upper_lip"][0])
-        rows = np.nonzero(lips[:, col])[0]
-        gap = rows[1:][np.diff(rows) > 1], rows[:-1][np.diff(rows) > 1]
-        assert len(gap[0]) == 1, (ident, rows)  # one opening between the two lips
-        assert abs(gap[1][0] + 1 - px["upper_lip"][1]) < 1.5, (ident, rows, px["upper_lip"])
-        assert abs(gap[0][0] - px["lower_lip"][1]) < 1.5, (ident, rows, px["lower_lip"])
+        gaps = _gaps_on_the_lips(lips, px["mouth_left"], px["mouth_right"], px["upper_lip"],
+                                 px["lower_lip"], ident)
+        assert gaps == 1, ident  # one opening between the two lips
         spans.append(px["mouth_right"][0] - px["mouth_left"][0])
     assert spans[0] > spans[1] * 1.3  # wide, unrounded against narrow and rounded
 
@@ -140,17 +153,11 @@ def test_mouth_landmarks_sit_on_the_drawn_corners_and_lip_edges():
                                                            resolution=res))
         k = int(np.argmax(f["mouth"][:, 0]))  # the widest-open frame
         one = {name: v[k:k + 1] for name, v in f.items()}
-        idn = _identity(ident)
-        red, blue = (render_frames(dataclasses.replace(idn, lips=np.asarray(c, np.float32)), one,
-                                   emo, res)[0].astype(np.float64)
-                     for c in ([1.0, 0.0, 0.0], [0.0, 0.0, 1.0]))
-        lips = np.abs(red - blue).sum(-1) > 60
+        lips = _lip_pixels(_identity(ident), lambda who: render_frames(who, one, emo, res)[0])
         lm = (f["landmarks"][k] + 1) / 2 * res
-        ys, xs = np.nonzero(lips)
-        assert abs(xs.min() - (lm[4, 0] - 0.5)) < 1.5 and abs(xs.max() + 0.5 - lm[5, 0]) < 1.5
-        rows = np.nonzero(lips[:, int(lm[6, 0])])[0]
-        top, bottom = rows[:-1][np.diff(rows) > 1], rows[1:][np.diff(rows) > 1]
-        assert abs(top[0] + 1 - lm[6, 1]) < 1.5 and abs(bottom[0] - lm[7, 1]) < 1.5, (rows, lm)
+        _gaps_on_the_lips(lips, *(lm[names.index(n)] for n in
+                                  ("mouth_left", "mouth_right", "upper_lip", "lower_lip")),
+                          ident)
 
 
 def test_yaw_moves_nose_to_the_correct_side_and_hides_far_ear():
