@@ -82,6 +82,7 @@ def main():
     from vasa_jax.data import builders, pipelines
     from vasa_jax.eval.face_latent import _batched, _load_split, probe_r2
     from vasa_jax.models.face import build_model
+    from vasa_jax.train import augment
     from vasa_jax.train.face_latent import (MOTION_LOSSES, _to_float, check_motion_losses,
                                             motion_batch_keys, motion_terms, supervises_other)
 
@@ -137,8 +138,15 @@ def main():
         terms = motion_terms(config, coded, batch)
         return losses.total_generator_loss(terms, weights)[0], terms
 
+    mirror_prob = float(config.get("augment_mirror_prob", 0.0))
+    if not 0.0 <= mirror_prob <= 1.0:
+        ap.error(f"--set augment_mirror_prob={mirror_prob!r} is invalid: use a probability in "
+                 "[0, 1] (0: off)")
+
     @jax.jit
     def step(p, o, batch, key):
+        if mirror_prob > 0:  # the trainer's own augmentation (--set augment_mirror_prob=P)
+            batch = augment.mirror(batch, jax.random.fold_in(key, 0x3177), mirror_prob)
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, batch, key)
         updates, o = tx.update(grads, o, p)
         return optax.apply_updates(p, updates), o, loss, terms

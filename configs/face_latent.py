@@ -124,6 +124,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # with it, so the motion encoder cannot read a clip's tilt off who is in it. 0: off (at 1,000
     # steps, 8 degrees lowered held-out roll R² 0.41 -> 0.22: docs/face_latent.md, session 10).
     config.augment_roll_deg = 0.0
+    # Left-right mirror augmentation (train/augment.py): each training example (source, driver
+    # and other frame together) flipped with this probability, yaw and roll negated, head centre
+    # and landmarks mirrored (left/right names swapped). 0: off.
+    config.augment_mirror_prob = 0.0
     config.grad_clip = 1.0
     config.weight_decay = 0.0
     config.ema_decay = 0.999

@@ -70,14 +70,13 @@ def test_resume_matches_uninterrupted_run(tmp_path, data_dir):
 
 
 def test_sharded_step_equals_single_device(tmp_path, data_dir, devices):
-    # With the camera-roll augmentation on: its angles are drawn inside the sharded step and
-    # must be the same on any mesh.
+    # With the camera-roll and mirror augmentations on: their angles and coins are drawn
+    # inside the sharded step and must be the same on any mesh.
+    aug = dict(augment_roll_deg=10.0, augment_mirror_prob=0.5)
     single = str(tmp_path / "single")
-    train(_config(data_dir, steps=2, augment_roll_deg=10.0,
-                  **{"mesh.num_devices": 1, "mesh.data": 1}), single)
+    train(_config(data_dir, steps=2, **aug, **{"mesh.num_devices": 1, "mesh.data": 1}), single)
     sharded = str(tmp_path / "sharded")
-    train(_config(data_dir, steps=2, augment_roll_deg=10.0, **{"mesh.data": 4, "mesh.fsdp": 2}),
-          sharded)
+    train(_config(data_dir, steps=2, **aug, **{"mesh.data": 4, "mesh.fsdp": 2}), sharded)
     a, b = read_metrics(single), read_metrics(sharded)
     for ra, rb in zip(a, b):
         for k in ("loss", "l1", "perceptual", "gan", "d_loss", "consist"):
@@ -164,6 +163,8 @@ def test_cross_identity_weight_without_a_network_is_refused(tmp_path, data_dir):
         train(_config(data_dir, steps=1, **{"data.cross_clip_prob": 2.0}), str(tmp_path / "w3"))
     with pytest.raises(ConfigError, match="augment_roll_deg"):
         train(_config(data_dir, steps=1, augment_roll_deg=-1.0), str(tmp_path / "w4"))
+    with pytest.raises(ConfigError, match="augment_mirror_prob=1.5"):
+        train(_config(data_dir, steps=1, augment_mirror_prob=1.5), str(tmp_path / "w4m"))
     with pytest.raises(ConfigError, match="head_pose_scale_deg"):
         train(_config(data_dir, steps=1, head_pose_scale_deg=(30.0, 0.0, 30.0),
                       **{"loss.head_pose": 1.0}), str(tmp_path / "w5"))

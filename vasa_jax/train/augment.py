@@ -1,4 +1,4 @@
-"""On-device augmentation of stage-1 training pairs.
+"""On-device augmentation of stage-1 training pairs: `camera_roll` and `mirror`.
 
 `camera_roll` turns the camera about its optical axis by a random angle per pair: both frames of
 a (source, driver) pair rotate by the same angle about the image centre, and every reading that
@@ -76,4 +76,66 @@ def camera_roll(batch: dict, key: jax.Array, max_deg: float) -> dict:
                                  "roll changes it (vasa_jax/train/augment.py) or set "
                                  "--config.augment_roll_deg=0")
     out["roll_delta"] = delta
+    return out
+
+
+# Mirror images of synthtalk.LANDMARKS' names (the rest map to themselves).
+_MIRROR_NAMES = {"left_eye": "right_eye", "mouth_left": "mouth_right"}
+MIRROR_ROLES = ("source", "driver", "other")
+
+
+def landmark_mirror_order(num: int) -> jnp.ndarray:
+    """Indices that reorder the first `num` landmarks of synthtalk.LANDMARKS into their mirror
+    images' order (left eye <-> right eye, mouth corners swapped). Refuses a count that would
+    cut a pair in two (e.g. 5: the left corner without the right)."""
+    from vasa_jax.data.synthtalk.spec import LANDMARKS
+
+    pairs = {**_MIRROR_NAMES, **{v: k for k, v in _MIRROR_NAMES.items()}}
+    names = LANDMARKS[:num]
+    if not 1 <= num <= len(LANDMARKS) or any(pairs.get(n, n) not in names for n in names):
+        raise ValueError(f"mirror cannot reorder {num} landmarks: it needs a prefix of "
+                         f"{LANDMARKS} that keeps every left/right pair whole (4 or 8), or "
+                         "--config.augment_mirror_prob=0")
+    return jnp.asarray([names.index(pairs.get(n, n)) for n in names])
+
+
+def mirror(batch: dict, key: jax.Array, prob: float) -> dict:
+    """The batch with each example (its source, driver and other frame together) mirrored left to
+    right with probability `prob`: the frames flipped, and every reading as the mirrored scene's.
+
+    With SynthTalk's R = Rz(roll) Ry(yaw) Rx(pitch), mirroring the camera's x axis (M = diag(-1,
+    1, 1)) gives M R M = Rz(-roll) Ry(-yaw) Rx(pitch): yaw and roll change sign, pitch does not;
+    the principal point is the image centre, so projected points (the head centre, the landmarks)
+    have x -> -x, and the left and right landmarks swap names. Faces are symmetric, so the mirror
+    image is another plausible person, with the same mouth, blink and size; what a frame shows
+    of pose must then be read from the face, not from the side a person's hair or light falls.
+    Keys this function cannot mirror are refused, as in `camera_roll`."""
+    first = batch["source"]
+    flip = jax.random.bernoulli(key, prob, (first.shape[0],))
+    out = dict(batch)
+
+    def pick(new, old):
+        f = flip.reshape(flip.shape + (1,) * (old.ndim - 1))
+        return jnp.where(f, new, old)
+
+    for role in MIRROR_ROLES:
+        if role not in batch:
+            continue
+        out[role] = pick(batch[role][:, :, ::-1], batch[role])
+        for name, value in batch.items():
+            if not name.startswith(role + "_"):
+                continue
+            field, v = name[len(role) + 1:], value.astype(jnp.float32)
+            if field == "rotation":
+                out[name] = pick(v * jnp.asarray([-1.0, 1.0, -1.0]), v)
+            elif field == "translation":
+                out[name] = pick(v * jnp.asarray([-1.0, 1.0]), v)
+            elif field == "landmarks":
+                order = landmark_mirror_order(v.shape[1])
+                out[name] = pick(v[:, order] * jnp.asarray([-1.0, 1.0]), v)
+            elif field not in INVARIANT:
+                raise ValueError(f"mirror cannot flip batch key {name!r}: add how a left-right "
+                                 "mirror changes it (vasa_jax/train/augment.py) or set "
+                                 "--config.augment_mirror_prob=0")
+    out["mirrored"] = flip
     return out

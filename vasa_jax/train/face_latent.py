@@ -264,12 +264,17 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
         return losses.hinge_d_loss(real_logits, fake_logits)
 
     roll_deg = float(config.get("augment_roll_deg", 0.0))
+    mirror_prob = float(config.get("augment_mirror_prob", 0.0))
     aug_key = jax.random.key(config.seed + 0x70_11)
+    mirror_key = jax.random.key(config.seed + 0x3177)
 
     def train_step(state, batch):
         if roll_deg > 0:
             batch = augment.camera_roll(batch, jax.random.fold_in(aug_key, state["step"]),
                                         roll_deg)
+        if mirror_prob > 0:
+            batch = augment.mirror(batch, jax.random.fold_in(mirror_key, state["step"]),
+                                   mirror_prob)
         (g_total, (terms, recon)), g_grads = jax.value_and_grad(g_loss, has_aux=True)(
             state["gen"], state, batch)
         updates, opt_gen = tx.update(g_grads, state["opt_gen"], state["gen"])
@@ -352,6 +357,9 @@ def train(config, workdir: str) -> dict:
     roll_deg = float(config.get("augment_roll_deg", 0.0))
     check(0.0 <= roll_deg <= 45.0, f"augment_roll_deg={roll_deg!r} is invalid: use 0 (off) to "
           "45 degrees")
+    mirror_prob = float(config.get("augment_mirror_prob", 0.0))
+    check(0.0 <= mirror_prob <= 1.0, f"augment_mirror_prob={mirror_prob!r} is invalid: use a "
+          "probability in [0, 1] (0: off)")
     size = input_size(config.model)
     check(config.data.dataset or int(config.data.synthtalk.resolution) == size,
           f"data.synthtalk.resolution={config.data.synthtalk.resolution} differs from the "
