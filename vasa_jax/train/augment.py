@@ -94,7 +94,7 @@ def landmark_mirror_order(num: int) -> jnp.ndarray:
     names = LANDMARKS[:num]
     if not 1 <= num <= len(LANDMARKS) or any(pairs.get(n, n) not in names for n in names):
         raise ValueError(f"mirror cannot reorder {num} landmarks: it needs a prefix of "
-                         f"{LANDMARKS} that keeps every left/right pair whole (4 or 8), or "
+                         f"{LANDMARKS} that keeps every left/right pair whole (such as 4 or 8), or "
                          "--config.augment_mirror_prob=0")
     return jnp.asarray([names.index(pairs.get(n, n)) for n in names])
 
