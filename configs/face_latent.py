@@ -127,9 +127,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Left-right mirror augmentation (train/augment.py): each training example (source, driver
     # and other frame together) flipped with this probability, yaw and roll negated, head centre
     # and landmarks mirrored (left/right names swapped). 0: off. tiny_guided leaves it off: at 0.5,
-    # the full recipe at equal steps (2,634, seed 0) read rotation R² 0.936 and mouth 0.812,
-    # inside session 23's two seeds (0.939 / 0.926, 0.807 / 0.802), z_dyn's identity probe 0.020
-    # against 0.043 / 0.062 (docs/face_latent.md, session 25).
+    # the full recipe at equal steps, seeds 0 / 1, read rotation R² 0.936 / 0.937 and mouth
+    # 0.812 / 0.810 against session 23's 0.939 / 0.926 and 0.807 / 0.802 (inside the seed
+    # spread), z_dyn's identity probe 0.020 / 0.045 against 0.043 / 0.062 (docs/face_latent.md,
+    # session 25).
     config.augment_mirror_prob = 0.0
     config.grad_clip = 1.0
     config.weight_decay = 0.0
