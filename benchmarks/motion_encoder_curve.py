@@ -83,11 +83,13 @@ def main():
     from vasa_jax.eval.face_latent import _batched, _load_split, probe_r2
     from vasa_jax.models.face import build_model
     from vasa_jax.train import augment
-    from vasa_jax.train.face_latent import (MOTION_LOSSES, _to_float, check_motion_losses,
-                                            motion_batch_keys, motion_terms, supervises_other)
+    from vasa_jax.train.face_latent import (MOTION_LOSSES, _to_float, augment_mirror_prob,
+                                            check_motion_losses, motion_batch_keys, motion_terms,
+                                            supervises_other)
 
     try:  # --set goes through the trainers' own --config.FIELD=VALUE parser and checks
         config = load_config(args.config, [f"config.{item}" for item in args.set])
+        mirror_prob = augment_mirror_prob(config)  # the trainer's own check
     except ConfigError as err:
         ap.error(f"{err} (--config {args.config!r}, --set {args.set})")
     variant = args.config.partition(":")[2] or "default"
@@ -138,10 +140,6 @@ def main():
         terms = motion_terms(config, coded, batch)
         return losses.total_generator_loss(terms, weights)[0], terms
 
-    mirror_prob = float(config.get("augment_mirror_prob", 0.0))
-    if not 0.0 <= mirror_prob <= 1.0:
-        ap.error(f"--set augment_mirror_prob={mirror_prob!r} is invalid: use a probability in "
-                 "[0, 1] (0: off)")
 
     @jax.jit
     def step(p, o, batch, key):

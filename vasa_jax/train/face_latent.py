@@ -103,6 +103,15 @@ def keypoint_landmarks(config) -> int:
     return int(n)
 
 
+def augment_mirror_prob(config) -> float:
+    """`config.augment_mirror_prob`: the share of training examples mirrored left to right
+    (train/augment.py's `mirror`; 0: off)."""
+    prob = float(config.get("augment_mirror_prob", 0.0))
+    check(0.0 <= prob <= 1.0, f"augment_mirror_prob={prob!r} is invalid: use a probability in "
+          "[0, 1] (0: off)")
+    return prob
+
+
 def supervises_other(config) -> bool:
     """`config.supervise_other`: the motion losses (head_pose, head_position, expression) also
     read the frame of another identity that every batch carries."""
@@ -264,7 +273,7 @@ def make_steps(config, graphdefs, perceptual_fn, id_fn=None):
         return losses.hinge_d_loss(real_logits, fake_logits)
 
     roll_deg = float(config.get("augment_roll_deg", 0.0))
-    mirror_prob = float(config.get("augment_mirror_prob", 0.0))
+    mirror_prob = augment_mirror_prob(config)
     aug_key = jax.random.key(config.seed + 0x70_11)
     mirror_key = jax.random.key(config.seed + 0x3177)
 
@@ -357,9 +366,7 @@ def train(config, workdir: str) -> dict:
     roll_deg = float(config.get("augment_roll_deg", 0.0))
     check(0.0 <= roll_deg <= 45.0, f"augment_roll_deg={roll_deg!r} is invalid: use 0 (off) to "
           "45 degrees")
-    mirror_prob = float(config.get("augment_mirror_prob", 0.0))
-    check(0.0 <= mirror_prob <= 1.0, f"augment_mirror_prob={mirror_prob!r} is invalid: use a "
-          "probability in [0, 1] (0: off)")
+    augment_mirror_prob(config)
     size = input_size(config.model)
     check(config.data.dataset or int(config.data.synthtalk.resolution) == size,
           f"data.synthtalk.resolution={config.data.synthtalk.resolution} differs from the "
