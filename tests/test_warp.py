@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from jax.test_util import check_grads
 
-from vasa_jax.models.warp import identity_grid, rigid_grid, trilinear_sample
+from vasa_jax.models.warp import bilinear_sample, identity_grid, rigid_grid, trilinear_sample
 
 MODES = [(p, a) for p in ("zeros", "border") for a in (False, True)]
 VOL_SHAPE = (2, 5, 6, 7, 3)  # [B, D, H, W, C]
@@ -90,6 +90,36 @@ def test_gradient_parity_with_torch(padding_mode, align_corners):
     tg = torch.from_numpy(grid).requires_grad_(True)
     (_torch_sample(tv, tg, padding_mode, align_corners) * torch.from_numpy(weights)).sum().backward()
 
+    np.testing.assert_allclose(np.asarray(dv), tv.grad.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.asarray(dg), tg.grad.numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("padding_mode,align_corners", MODES)
+def test_bilinear_parity_with_torch_4d(padding_mode, align_corners):
+    """bilinear_sample (4 corners; the decoder's source skip reads f_src with it) against
+    torch's 4-D grid_sample: values on points inside, outside and far outside the image, and
+    gradients w.r.t. image and grid on off-lattice points."""
+    rng = np.random.default_rng(11)
+    image = rng.standard_normal((2, 6, 7, 3)).astype(np.float32)  # [B, H, W, C]
+    grid = rng.uniform(-1.3, 1.3, size=(2, 5, 4, 2)).astype(np.float32)
+    grid[0, 0, :3] = [[3.0, 0.1], [-3.0, -3.0], [0.5, 3.0]]  # far outside
+    ref_fn = lambda v, g: F.grid_sample(  # noqa: E731
+        v.permute(0, 3, 1, 2), g, mode="bilinear", padding_mode=padding_mode,
+        align_corners=align_corners).permute(0, 2, 3, 1)
+    out = bilinear_sample(jnp.asarray(image), jnp.asarray(grid), padding_mode, align_corners)
+    ref = ref_fn(torch.from_numpy(image), torch.from_numpy(grid)).numpy()
+    assert out.shape == (2, 5, 4, 3)
+    np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5, rtol=0)
+
+    grid = _off_lattice_grid(rng, 2, (5, 4, 1), (1, 6, 7), align_corners)[..., 0, :2]
+    grid = grid.astype(np.float32)
+    weights = rng.standard_normal((2, 5, 4, 3)).astype(np.float32)
+    dv, dg = jax.grad(lambda v, g: jnp.sum(bilinear_sample(v, g, padding_mode, align_corners)
+                                           * weights), argnums=(0, 1))(jnp.asarray(image),
+                                                                       jnp.asarray(grid))
+    tv = torch.from_numpy(image).requires_grad_(True)
+    tg = torch.from_numpy(grid).requires_grad_(True)
+    (ref_fn(tv, tg) * torch.from_numpy(weights)).sum().backward()
     np.testing.assert_allclose(np.asarray(dv), tv.grad.numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(np.asarray(dg), tg.grad.numpy(), atol=1e-4, rtol=0)
 

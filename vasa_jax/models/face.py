@@ -42,9 +42,9 @@ import numpy as np
 from flax import nnx
 
 from vasa_jax.errors import check
-from vasa_jax.models.layers import (AdaResBlock2D, AdaResBlock3D, ResBlock2D, ResBlock3D, downsample,
-                                    num_groups, upsample)
-from vasa_jax.models.warp import rigid_grid, trilinear_sample
+from vasa_jax.models.layers import (AdaResBlock2D, AdaResBlock3D, ResBlock2D, ResBlock3D, conv,
+                                    downsample, num_groups, upsample)
+from vasa_jax.models.warp import bilinear_sample, rigid_grid, trilinear_sample
 
 POSE_DIM = 7  # yaw, pitch, roll (deg), tx, ty, tz, log_scale
 
@@ -303,8 +303,7 @@ def sample_2d(image: jax.Array, xy: jax.Array, padding_mode: str = "zeros") -> j
     """Bilinear sampling of image [B, H, W, C] at normalised xy [B, Ho, Wo, 2] (align_corners
     False; outside reads zeros or, with "border", the nearest edge pixel, as `trilinear_sample`):
     [B, Ho, Wo, C]."""
-    grid = jnp.concatenate([xy, jnp.zeros_like(xy[..., :1])], axis=-1)[:, None]
-    return trilinear_sample(image[:, None], grid, padding_mode=padding_mode)[:, 0]
+    return bilinear_sample(image, xy, padding_mode=padding_mode)
 
 
 class IdentityEncoder(nnx.Module):
@@ -437,7 +436,7 @@ class WarpGenerator(nnx.Module):
         self.up_blocks = nnx.List([AdaResBlock3D(chs[i], chs[i + 1], cond_dim, rngs=rngs)
                                    for i in range(up)])
         self.norm = nnx.GroupNorm(chs[-1], num_groups(chs[-1]), rngs=rngs)
-        self.to_flow = nnx.Conv(chs[-1], 3, (3, 3, 3), kernel_init=nnx.initializers.zeros,
+        self.to_flow = conv(chs[-1], 3, (3, 3, 3), kernel_init=nnx.initializers.zeros,
                                 rngs=rngs)
 
     def rigid(self, z_pose: jax.Array) -> jax.Array:

