@@ -62,12 +62,9 @@ def trilinear_sample(
     chex.assert_rank(grid, 5)
     chex.assert_axis_dimension(grid, -1, 3)
     chex.assert_equal_shape_prefix((volume, grid), 1)
-    b, d, h, w, c = volume.shape
-    out_spatial = grid.shape[1:4]
-
-    out = _interpolate(volume.reshape(b, d, h, w, c), grid.reshape(b, -1, 3), padding_mode,
-                       align_corners)
-    return out.reshape(b, *out_spatial, c)
+    b, c = volume.shape[0], volume.shape[-1]
+    out = _interpolate(volume, grid.reshape(b, -1, 3), padding_mode, align_corners)
+    return out.reshape(b, *grid.shape[1:4], c)
 
 
 def bilinear_sample(
@@ -115,7 +112,7 @@ def _interpolate(volume: jax.Array, pts: jax.Array, padding_mode: str,
     for corner in itertools.product(*corners):
         inside, flat_idx, weight = True, 0, 1.0
         # Row-major flat index over (D,) H, W: the last grid axis is the slowest.
-        for (idx, wgt), size in reversed(list(zip(corner, sizes))):
+        for (idx, _), size in reversed(list(zip(corner, sizes))):
             inside = inside & (idx >= 0) & (idx < size)
             # Clipped indices keep the gather in bounds; `inside` zeroes corners that lie
             # outside (zeros padding), however far out the point is.
