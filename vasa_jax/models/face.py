@@ -437,7 +437,7 @@ class WarpGenerator(nnx.Module):
                                    for i in range(up)])
         self.norm = nnx.GroupNorm(chs[-1], num_groups(chs[-1]), rngs=rngs)
         self.to_flow = conv(chs[-1], 3, (3, 3, 3), kernel_init=nnx.initializers.zeros,
-                                rngs=rngs)
+                            rngs=rngs)
 
     def rigid(self, z_pose: jax.Array) -> jax.Array:
         """Rigid part only: [B, D, S', S', 3]."""

@@ -172,5 +172,6 @@ class AdaResBlock2D(AdaResBlock):
         super().__init__(in_ch, out_ch, cond_dim, 2, rngs=rngs)
 
 
-__all__ = ["AdaResBlock", "conv", "conv3d_as_2d", "AdaResBlock2D", "AdaResBlock3D", "AdaptiveGroupNorm3D", "ResBlock", "ResBlock2D", "ResBlock3D",
-           "downsample", "num_groups", "upsample"]
+__all__ = ["AdaResBlock", "AdaResBlock2D", "AdaResBlock3D", "AdaptiveGroupNorm3D", "ResBlock",
+           "ResBlock2D", "ResBlock3D", "conv", "conv3d_as_2d", "downsample", "num_groups",
+           "upsample"]
