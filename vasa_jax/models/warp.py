@@ -56,15 +56,7 @@ def trilinear_sample(
     Returns:
       [B, Do, Ho, Wo, C], dtype of `volume`. Differentiable w.r.t. volume and grid.
     """
-    if padding_mode not in _PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
-    chex.assert_rank(volume, 5)
-    chex.assert_rank(grid, 5)
-    chex.assert_axis_dimension(grid, -1, 3)
-    chex.assert_equal_shape_prefix((volume, grid), 1)
-    b, c = volume.shape[0], volume.shape[-1]
-    out = _interpolate(volume, grid.reshape(b, -1, 3), padding_mode, align_corners)
-    return out.reshape(b, *grid.shape[1:4], c)
+    return _sample(volume, grid, padding_mode, align_corners, ndim=3)
 
 
 def bilinear_sample(
@@ -75,15 +67,22 @@ def bilinear_sample(
 ) -> jax.Array:
     """`trilinear_sample`'s 2D counterpart: image [B, H, W, C] at grid [B, Ho, Wo, 2]
     (normalised (x, y)) → [B, Ho, Wo, C]; equal to torch's 4-D `grid_sample` (bilinear)."""
+    return _sample(image, grid, padding_mode, align_corners, ndim=2)
+
+
+def _sample(volume: jax.Array, grid: jax.Array, padding_mode: str, align_corners: bool,
+            ndim: int) -> jax.Array:
+    """Checks and flattens for `_interpolate`: volume [B, *spatial, C] and grid
+    [B, *out_spatial, ndim] with `ndim` spatial axes each → [B, *out_spatial, C]."""
     if padding_mode not in _PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
-    chex.assert_rank(image, 4)
-    chex.assert_rank(grid, 4)
-    chex.assert_axis_dimension(grid, -1, 2)
-    chex.assert_equal_shape_prefix((image, grid), 1)
-    b, c = image.shape[0], image.shape[-1]
-    out = _interpolate(image, grid.reshape(b, -1, 2), padding_mode, align_corners)
-    return out.reshape(b, *grid.shape[1:3], c)
+    chex.assert_rank(volume, ndim + 2)
+    chex.assert_rank(grid, ndim + 2)
+    chex.assert_axis_dimension(grid, -1, ndim)
+    chex.assert_equal_shape_prefix((volume, grid), 1)
+    b, c = volume.shape[0], volume.shape[-1]
+    out = _interpolate(volume, grid.reshape(b, -1, ndim), padding_mode, align_corners)
+    return out.reshape(*grid.shape[:-1], c)
 
 
 def _interpolate(volume: jax.Array, pts: jax.Array, padding_mode: str,
