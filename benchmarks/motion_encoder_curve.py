@@ -107,7 +107,8 @@ def main():
     cross_clip = float(config.data.get("cross_clip_prob", 0.0))
     identities = pipelines.record_identities(train_src) if cross_clip > 0 else None
     data = iter(pipelines.stage1_dataset(train_src, batch_size=config.batch_size, seed=args.seed,
-                                         identities=identities, cross_clip_prob=cross_clip))
+                                         identities=identities, cross_clip_prob=cross_clip,
+                                         cache_mb=config.data.get("cache_mb", 0.0)))
 
     motion = build_model(config.model, nnx.Rngs(args.seed)).motion
     graphdef, params, rest = nnx.split(motion, nnx.Param, ...)

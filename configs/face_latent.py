@@ -118,7 +118,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # The share of training pairs whose driver comes from another clip of the source's
         # identity (0: source and driver always from one clip). Reads every record's identity
         # once at start.
-        cross_clip_prob=0.0))
+        cross_clip_prob=0.0,
+        # MiB of decoded training clips each process keeps (pipelines.DecodedClipCache): the
+        # same batches, without re-reading and PNG-decoding a clip every time it is drawn.
+        # Size it to hold the decoded training set (frames × R² × 3 bytes); 0: no cache.
+        cache_mb=0.0))
     # Camera-roll augmentation (train/augment.py): each training pair turned by one random
     # angle in ±augment_roll_deg about the image centre, its roll, head centre and landmarks
     # with it, so the motion encoder cannot read a clip's tilt off who is in it. 0: off (at 1,000
@@ -240,6 +244,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # 3–9× less than between two people (RMS), across clips as much; cross-identity PSNR
         # 22.27 → 24.06 dB at 3,400 steps (docs/face_latent.md, session 9).
         config.data.cross_clip_prob = 0.8
+        # The 1,536 training clips decoded take ~1,800 MiB: all fit (session 27).
+        config.data.cache_mb = 2048.0
         # 16 spatial-softmax keypoints on the motion trunk's 32² stage; the first four follow
         # SynthTalk's eye, nose-tip and mouth landmarks (loss.keypoints 0.25, in units of ~1.3
         # px at 128²). The motion encoder alone, 1,200 steps, seed 0, 64 held-out identities:

@@ -253,6 +253,77 @@ def test_epochs_reshuffle_and_finite_epochs_stop(train):
     assert first != second
 
 
+def _clip_bytes(train) -> int:
+    return pipelines.DecodedClipCache.size(pipelines.DecodedClipCache.load(train[0]))
+
+
+@pytest.mark.parametrize("clips", [100, 3], ids=["all_fit", "evicting"])
+def test_stage1_clip_cache_gives_the_same_batches(train, clips):
+    """The decoded-clip cache changes the host's work, not the data: over two epochs, with
+    four read threads, cross-clip drivers and a budget that holds every clip or only three
+    (so clips are dropped and decoded again), the batches equal the uncached pipeline's."""
+    ids = pipelines.record_identities(train)
+    kw = dict(identities=ids, cross_clip_prob=0.5, num_epochs=2, read_threads=4)
+    ref = list(_stage1(train, **kw))
+    budget_mb = clips * _clip_bytes(train) / 2**20
+    ds = pipelines.stage1_dataset(train, batch_size=4, seed=0, cache_mb=budget_mb, **kw)
+    got = list(ds)
+    assert len(got) == len(ref) == 2 * len(train) // 4
+    assert all(_equal(x, y) for x, y in zip(ref, got))
+    # The transform's cache (reached through a fresh example transform of the same budget).
+    tr = pipelines.Stage1Example(train, identities=ids, cross_clip_prob=0.5, cache_mb=budget_mb)
+    rng = np.random.default_rng(0)
+    examples = [tr.random_map(g, rng) for g in range(4 * len(train))]
+    cache = tr.cache
+    assert cache.nbytes <= cache.budget
+    assert len(cache) == min(clips, len(train))
+    assert cache.hits > 0 and cache.misses >= len(cache)
+    if clips >= len(train):
+        assert cache.misses == len(train)  # every clip read and decoded once
+    else:
+        assert cache.misses > len(train)  # dropped clips were read again
+    frames = [builders.decode_frames(train[i]["frames"]) for i in range(len(train))]
+    for e in examples:
+        np.testing.assert_array_equal(e["source"], frames[int(e["record_index"])][
+            int(e["source_frame"])])
+        np.testing.assert_array_equal(e["other"], frames[int(e["other_record_index"])][
+            int(e["other_frame"])])
+
+
+def test_stage1_clip_cache_budget_edges(train, caplog):
+    # A budget under one clip caches nothing (and says the clips need more).
+    with caplog.at_level("WARNING", logger="vasa_jax.data.pipelines"):
+        tr = pipelines.Stage1Example(train, cache_mb=0.5 * _clip_bytes(train) / 2**20)
+    assert "Raise cache_mb" in caplog.text
+    rng = np.random.default_rng(1)
+    for g in range(6):
+        tr.random_map(g, rng)
+    assert len(tr.cache) == 0 and tr.cache.nbytes == 0 and tr.cache.misses >= 6
+    # Pickled for an mp_prefetch worker: the budget travels, the cached clips do not.
+    import pickle
+
+    full = pipelines.Stage1Example(train, cache_mb=64)
+    full.random_map(0, np.random.default_rng(0))
+    assert len(full.cache) >= 1
+    clone = pickle.loads(pickle.dumps(full))
+    assert clone.cache.budget == full.cache.budget and len(clone.cache) == 0
+    assert clone.cache.nbytes == 0
+    for bad in (-1, float("nan"), "1GB", True):
+        with pytest.raises(ConfigError, match="cache_mb="):
+            pipelines.Stage1Example(train, cache_mb=bad)
+
+
+def test_stage1_clip_cache_with_mp_prefetch_matches_in_process(train):
+    ref = list(_stage1(train, batch_size=2, num_epochs=1))
+    it = iter(_stage1(train, batch_size=2, num_epochs=1, mp_prefetch=1, cache_mb=16))
+    try:
+        got = [{k: np.array(v) for k, v in b.items()} for b in it]
+    finally:
+        it.close()
+    assert len(got) == len(ref)
+    assert all(_equal(x, y) for x, y in zip(ref, got))
+
+
 def test_mp_prefetch_matches_in_process(train):
     ref = list(_stage1(train, batch_size=2, num_epochs=1))
     it = iter(_stage1(train, batch_size=2, num_epochs=1, mp_prefetch=1))

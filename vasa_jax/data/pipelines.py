@@ -47,6 +47,9 @@ shorter than W are padded at the end too (frame_mask tells).
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import grain
@@ -62,6 +65,8 @@ STAGE1_FACTORS = builders.FACTORS
 STAGE2_FIELDS = ("rotation", "translation", "scale", "gaze", "eye_gaze", "blink", "mouth")
 STAGE2_CONDITIONS = ("gaze", "distance")
 STAGE2_CLIP_FIELDS = ("identity", "emotion")
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,6 +158,75 @@ def images_to_float(images):
 # Stage 1: frame pairs.
 
 
+class DecodedClipCache:
+    """A thread-safe LRU of decoded clips within a byte budget: record index → the record's
+    fields a stage-1 example reads (its frames decoded once, uint8 [T, R, R, 3]; audio
+    dropped).
+
+    Reading a record parses the whole clip (all T PNGs and the audio) to use one or two of its
+    frames, and each frame is then PNG-decoded: on 128² SynthTalk ~35 ms of host CPU per batch
+    of 8, which on a 2-core machine comes out of the train step's cores. With the decoded
+    training set inside the budget every record is read and decoded once per process. Over
+    budget, the least recently used clips are dropped; each miss decodes its whole clip, so a
+    budget far below the data set costs more than no cache (`Stage1Example` warns).
+    Not pickled: an `mp_prefetch` worker starts with an empty cache of the same budget.
+    """
+
+    def __init__(self, budget_bytes: int):
+        self.budget = int(budget_bytes)
+        self._init()
+
+    def _init(self):
+        self._items: OrderedDict[int, dict] = OrderedDict()
+        self._lock = threading.Lock()
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __getstate__(self):
+        return {"budget": self.budget}
+
+    def __setstate__(self, state):
+        self.budget = state["budget"]
+        self._init()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @staticmethod
+    def load(rec: dict) -> dict:
+        """The cached form of a record: frames decoded, audio dropped, the rest as numpy."""
+        out = {k: np.asarray(v) for k, v in rec.items() if k not in ("frames", "audio")}
+        out["frames"] = builders.decode_frames(rec["frames"])
+        return out
+
+    @staticmethod
+    def size(item: dict) -> int:
+        return int(sum(v.nbytes for v in item.values()))
+
+    def get(self, r: int, read) -> dict:
+        """Record r's cached form; on a miss `read(r)` supplies the record."""
+        with self._lock:
+            item = self._items.get(r)
+            if item is not None:
+                self._items.move_to_end(r)
+                self.hits += 1
+                return item
+            self.misses += 1
+        item = self.load(read(r))  # outside the lock: threads decode in parallel
+        n = self.size(item)
+        with self._lock:
+            if r not in self._items and n <= self.budget:
+                self._items[r] = item
+                self.nbytes += n
+                while self.nbytes > self.budget:
+                    _, old = self._items.popitem(last=False)
+                    self.nbytes -= self.size(old)
+        return item
+
+
+
+
 class Stage1Example(grain.transforms.RandomMap):
     """Sample g → a (source, driver) frame pair of record g mod n, plus a frame of another identity.
 
@@ -164,13 +238,27 @@ class Stage1Example(grain.transforms.RandomMap):
     (needs `identities`; identities with one clip keep the within-clip pair). Within one short
     clip the head barely moves; across clips its rest pose, place and distance change as much
     as they do between two people, which is what cross-identity reenactment asks of the warp.
+
+    cache_mb > 0 keeps decoded clips in a `DecodedClipCache` of that many MiB (per process):
+    the same examples, without re-reading and re-decoding a clip each time it is drawn.
     """
 
     def __init__(self, source, factors: Sequence[str] = STAGE1_FACTORS,
                  identities: Sequence[int] | None = None, max_other_tries: int = 64,
-                 cross_clip_prob: float = 0.0):
+                 cross_clip_prob: float = 0.0, cache_mb: float = 0.0):
         self.source = source
         self.num_records = len(source)
+        ok = isinstance(cache_mb, (int, float, np.integer, np.floating)) and not isinstance(
+            cache_mb, bool) and np.isfinite(cache_mb) and cache_mb >= 0
+        check(ok, f"cache_mb={cache_mb!r} is invalid: use a number of MiB >= 0 (0: no cache)")
+        self.cache = DecodedClipCache(int(cache_mb * 2**20)) if cache_mb > 0 else None
+        if self.cache is not None and self.num_records:
+            need = DecodedClipCache.size(DecodedClipCache.load(source[0])) * self.num_records
+            if need > self.cache.budget:
+                log.warning(
+                    "stage-1 clip cache: the decoded clips need ~%d MiB, the budget is %g MiB; "
+                    "most reads will miss and each miss decodes a whole clip. Raise cache_mb "
+                    "to %d or set it to 0", need >> 20, cache_mb, (need >> 20) + 1)
         self.factors = tuple(factors)
         self.identities = None if identities is None else np.asarray(identities, np.int64)
         self.max_other_tries = max_other_tries
@@ -188,6 +276,18 @@ class Stage1Example(grain.transforms.RandomMap):
             # its identity's records by binary search instead of scanning the whole table.
             self._by_identity = np.argsort(self.identities, kind="stable")
             self._sorted_ids = self.identities[self._by_identity]
+
+    def _record(self, r: int) -> dict:
+        """Record r: as the source returns it, or its cached decoded form."""
+        if self.cache is None:
+            return self.source[r]
+        return self.cache.get(r, self.source.__getitem__)
+
+    def _frames(self, rec: dict, indices: Sequence[int]) -> np.ndarray:
+        """uint8 [n, R, R, 3]: frames `indices` of a record from `_record`."""
+        if self.cache is None:
+            return builders.decode_frames(rec["frames"], indices)
+        return rec["frames"][np.asarray(indices, np.int64)]
 
     def _records_of(self, identity: int) -> np.ndarray:
         """The (ascending) record indices of `identity`."""
@@ -211,13 +311,13 @@ class Stage1Example(grain.transforms.RandomMap):
             # The k-th record (ascending) not of `identity`: k plus the members before it.
             k = int(rng.integers(n - members.size))
             j = k + int(np.searchsorted(members - np.arange(members.size), k, side="right"))
-            return j, self.source[j]
+            return j, self._record(j)
         for _ in range(self.max_other_tries):
             j = int(rng.integers(n - 1)) if n > 1 else 0
             j += j >= r  # any record but r
             if j >= n:
                 break
-            rec = self.source[j]
+            rec = self._record(j)
             if _scalar(rec["identity"]) != identity:
                 return j, rec
         raise ValueError(
@@ -226,10 +326,9 @@ class Stage1Example(grain.transforms.RandomMap):
 
     def random_map(self, element, rng: np.random.Generator) -> dict:
         r = int(element) % self.num_records
-        rec = self.source[r]
+        rec = self._record(r)
         identity = _scalar(rec["identity"])
-        frames = rec["frames"]
-        t = len(frames)
+        t = len(rec["frames"])
         s = int(rng.integers(t))
         d = (s + 1 + int(rng.integers(t - 1))) % t if t > 1 else s
         j, other = self._other(r, int(identity), rng)
@@ -239,17 +338,16 @@ class Stage1Example(grain.transforms.RandomMap):
         if self.cross_clip_prob > 0 and rng.uniform() < self.cross_clip_prob:
             dr = self._same_identity_clip(r, rng)
             if dr != r:
-                drv_rec = self.source[dr]
+                drv_rec = self._record(dr)
                 d = int(rng.integers(len(drv_rec["frames"])))
         if dr == r:
-            pair = builders.decode_frames(frames, [s, d])
+            pair = self._frames(rec, [s, d])
         else:
-            pair = (builders.decode_frames(frames, [s])[0],
-                    builders.decode_frames(drv_rec["frames"], [d])[0])
+            pair = (self._frames(rec, [s])[0], self._frames(drv_rec, [d])[0])
         out = {
             "source": pair[0],
             "driver": pair[1],
-            "other": builders.decode_frames(other["frames"], [o])[0],
+            "other": self._frames(other, [o])[0],
             "source_frame": np.int32(s),
             "driver_frame": np.int32(d),
             "other_frame": np.int32(o),
@@ -279,7 +377,7 @@ def stage1_dataset(source, batch_size: int, seed: int, *, num_epochs: int | None
                    shuffle: bool = True,
                    shard_index: int | None = None, shard_count: int | None = None,
                    mp_prefetch: int = 0, read_threads: int = 4,
-                   prefetch_buffer: int = 4) -> grain.IterDataset:
+                   prefetch_buffer: int = 4, cache_mb: float = 0.0) -> grain.IterDataset:
     """Batches of stage-1 frame pairs (see module doc) from SynthTalk-style clip records.
 
     An epoch visits every record `pairs_per_clip` times. num_epochs=None repeats forever.
@@ -288,13 +386,15 @@ def stage1_dataset(source, batch_size: int, seed: int, *, num_epochs: int | None
     mp_prefetch > 0 runs that many worker processes (scripts need `if __name__ == "__main__"`).
     cross_clip_prob > 0 (needs `identities`, e.g. `record_identities(source)`): that share of
     drivers come from another clip of the source's identity (see Stage1Example).
+    cache_mb > 0 keeps up to that many MiB of decoded clips per process (`DecodedClipCache`):
+    the batches are the same, the host's work per batch far less once the clips are cached.
     """
     check(len(source) >= 2, f"stage 1 needs at least 2 clips, the source has {len(source)}")
     pairs_per_clip = _check_int(pairs_per_clip, "pairs_per_clip", 1)
     if factors is None:
         factors = [f for f in STAGE1_FACTORS if f in source[0]]
     transform = Stage1Example(source, factors=factors, identities=identities,
-                              cross_clip_prob=cross_clip_prob)
+                              cross_clip_prob=cross_clip_prob, cache_mb=cache_mb)
     return _epoch_pipeline(len(source) * pairs_per_clip, transform, batch_size=batch_size,
                            seed=seed, num_epochs=num_epochs, shuffle=shuffle,
                            shard_index=shard_index, shard_count=shard_count,
@@ -442,6 +542,6 @@ def global_batch(batch: dict, mesh: jax.sharding.Mesh,
 
 __all__ = [
     "STAGE1_FACTORS", "STAGE2_CLIP_FIELDS", "STAGE2_CONDITIONS", "STAGE2_FIELDS",
-    "ConfigError", "Stage1Example", "Stage2Window", "global_batch", "images_to_float",
+    "ConfigError", "DecodedClipCache", "Stage1Example", "Stage2Window", "global_batch", "images_to_float",
     "samples_per_shard", "stage1_dataset", "stage2_dataset",
 ]

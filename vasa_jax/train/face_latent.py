@@ -383,7 +383,8 @@ def train(config, workdir: str) -> dict:
     identities = pipelines.record_identities(sources["train"]) if cross_clip > 0 else None
     data_iter = iter(pipelines.stage1_dataset(sources["train"], batch_size=local_batch,
                                               seed=config.seed, identities=identities,
-                                              cross_clip_prob=cross_clip))
+                                              cross_clip_prob=cross_clip,
+                                              cache_mb=config.data.get("cache_mb", 0.0)))
     loop.save_config(config, workdir)  # after every check: a refused config writes nothing
 
     # Model, optimiser, EMA: created already sharded (or restored onto this mesh).
