@@ -130,6 +130,9 @@ def run_demo(workdir: str = "vasa_demo", out: str = "demo.mp4", *,
     fcfg.loss.expression = 1.0
     fcfg.data.data_dir = data_dir
     fcfg.data.synthtalk.update(data)
+    # Decoded clips stay in memory (the default data: 768 clips × 50 frames at 64², ~470 MiB),
+    # so the loader does not take the step's cores to re-read and re-decode them.
+    fcfg.data.cache_mb = 1024.0
     import jax
 
     n_dev = jax.device_count()  # the batch is split over every device: a multiple of their count
