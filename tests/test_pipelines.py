@@ -313,20 +313,10 @@ def test_stage1_clip_cache_budget_edges(train, caplog):
             pipelines.Stage1Example(train, cache_mb=bad)
 
 
-def test_stage1_clip_cache_with_mp_prefetch_matches_in_process(train):
+@pytest.mark.parametrize("cache_mb", [0, 16], ids=["uncached", "clip_cache"])
+def test_mp_prefetch_matches_in_process(train, cache_mb):
     ref = list(_stage1(train, batch_size=2, num_epochs=1))
-    it = iter(_stage1(train, batch_size=2, num_epochs=1, mp_prefetch=1, cache_mb=16))
-    try:
-        got = [{k: np.array(v) for k, v in b.items()} for b in it]
-    finally:
-        it.close()
-    assert len(got) == len(ref)
-    assert all(_equal(x, y) for x, y in zip(ref, got))
-
-
-def test_mp_prefetch_matches_in_process(train):
-    ref = list(_stage1(train, batch_size=2, num_epochs=1))
-    it = iter(_stage1(train, batch_size=2, num_epochs=1, mp_prefetch=1))
+    it = iter(_stage1(train, batch_size=2, num_epochs=1, mp_prefetch=1, cache_mb=cache_mb))
     try:
         got = [{k: np.array(v) for k, v in b.items()} for b in it]
     finally:
