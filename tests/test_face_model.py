@@ -296,7 +296,8 @@ def test_vox512_config_is_valid():
 def test_tiny_guided_config_builds_its_model():
     """The documented recipe's model: the skip with both copies and a full-resolution motion
     stem; its losses include the head-position and four-value expression supervision, and most
-    drivers come from another clip of the source's identity; 768 train identities."""
+    drivers come from another clip of the source's identity; 1,536 train identities, all of
+    whose decoded clips fit the clip cache."""
     cfg = _load_config("tiny_guided")
     # Abstract (shapes only): building and running it eagerly took ~25 s of the suite, and the
     # numerics of these modules are tested at tiny size elsewhere.
@@ -317,8 +318,13 @@ def test_tiny_guided_config_builds_its_model():
     assert _load_config("tiny_run").model.motion_keypoints == 0
     assert cfg.loss.head_position > 0 and cfg.loss.expression > 0 and cfg.expression_dims == 4
     assert 0 < cfg.data.cross_clip_prob < 1 and cfg.supervise_other
-    # Twice tiny_run's identities, without changing the table the other variants share.
-    assert cfg.data.synthtalk.num_train_identities == 768
+    # Four times tiny_run's identities, without changing the table the other variants share.
+    st = cfg.data.synthtalk
+    assert st.num_train_identities == 1536
+    # The cache holds every decoded training clip, so no clip is decoded twice in a run.
+    clips = st.num_train_identities * st.clips_per_identity
+    decoded = clips * st.num_frames * st.resolution ** 2 * 3
+    assert cfg.data.cache_mb * 2 ** 20 >= decoded
     assert _load_config("tiny_run").data.synthtalk.num_train_identities == 384
     assert _load_config("tiny_run").data.synthtalk.resolution == 64
     graphdef, state = nnx.split(model)
