@@ -85,7 +85,7 @@ def main():
     from vasa_jax.train import augment
     from vasa_jax.train.face_latent import (MOTION_LOSSES, _to_float, augment_mirror_prob,
                                             check_motion_losses, motion_batch_keys, motion_terms,
-                                            supervises_other)
+                                            stage1_factors, supervises_other)
 
     try:  # --set goes through the trainers' own --config.FIELD=VALUE parser and checks
         config = load_config(args.config, [f"config.{item}" for item in args.set])
@@ -108,6 +108,7 @@ def main():
     identities = pipelines.record_identities(train_src) if cross_clip > 0 else None
     data = iter(pipelines.stage1_dataset(train_src, batch_size=config.batch_size, seed=args.seed,
                                          identities=identities, cross_clip_prob=cross_clip,
+                                         factors=stage1_factors(config, train_src[0]),
                                          cache_mb=config.data.get("cache_mb", 0.0)))
 
     motion = build_model(config.model, nnx.Rngs(args.seed)).motion

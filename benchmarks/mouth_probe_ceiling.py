@@ -27,19 +27,17 @@ import numpy as np
 def mouth_geometry(records) -> tuple[np.ndarray, np.ndarray]:
     """(features [N, 2 + emotions], truth [N, 3]) over every frame of `records`."""
     from vasa_jax.data import synthtalk
-    from vasa_jax.data.synthtalk.identity import sample_identity
-    from vasa_jax.data.synthtalk.render import mouth_shape
+    from vasa_jax.data.synthtalk.render import mouth_geometry as drawn
 
     xs, ys = [], []
     for i in range(len(records)):
         rec = records[i]
-        identity = sample_identity(int(rec["identity"]))
         emotion = int(rec["emotion"])
         m = np.asarray(rec["mouth"], np.float64)
-        a, h = mouth_shape(identity, m, synthtalk.EMOTIONS[emotion])
+        log_a_h = drawn(int(rec["identity"]), m, emotion).astype(np.float64)
         onehot = np.zeros((len(m), len(synthtalk.EMOTIONS)))
         onehot[:, emotion] = 1.0
-        xs.append(np.concatenate([np.log(a)[:, None], h[:, None], onehot], 1))
+        xs.append(np.concatenate([log_a_h, onehot], 1))
         ys.append(m)
     return np.concatenate(xs), np.concatenate(ys)
 

@@ -170,7 +170,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Landmark guidance of the motion encoder's first keypoints (model.motion_keypoints) to
         # the first keypoint_landmarks of synthtalk.LANDMARKS: SynthTalk's truth here, a
         # detector's on real video.
-        keypoints=0.0))
+        keypoints=0.0,
+        # Anchors the two z_dyn components after loss.expression's to the drawn mouth's log
+        # half-width and half-opening in head units (what one frame shows of the mouth):
+        # SynthTalk's truth here, a 3D face tracker's on real video.
+        mouth_geometry=0.0))
     # How many z_dyn components loss.expression anchors: 2 (mouth opening, eye closure) or 4
     # (+ mouth width and rounding).
     config.expression_dims = 2

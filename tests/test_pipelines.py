@@ -378,3 +378,43 @@ def test_stage1_batch_to_global_arrays(train, devices):
         np.testing.assert_array_equal(np.asarray(glob[k]), local[k], err_msg=k)
     assert glob["source"].shape == (8, 64, 64, 3)
     assert glob["source"].addressable_shards[0].data.shape == (1, 64, 64, 3)
+
+
+def test_stage1_derived_mouth_geometry_follows_each_frames_truth(train):
+    """factors= may name "mouth_geometry", which the records do not store: each role's value is
+    the drawn mouth's (log half-width, half-opening) for that frame's identity, emotion and
+    mouth factors, recomputed here from the renderer's own `mouth_shape`."""
+    from vasa_jax.data import synthtalk
+    from vasa_jax.data.synthtalk.render import mouth_shape
+
+    factors = ["mouth", "mouth_geometry"]
+    ex = _examples(_take(_stage1(train, factors=factors), 2))
+    seen = set()
+    for e in ex:
+        for role, rec_key in (("source", "record_index"), ("driver", "driver_record_index"),
+                              ("other", "other_record_index")):
+            rec = train[int(e[rec_key])]
+            t = int(e[f"{role}_frame"])
+            half_w, half_open = mouth_shape(
+                synthtalk.sample_identity(int(rec["identity"])), np.asarray(rec["mouth"])[t],
+                synthtalk.EMOTIONS[int(rec["emotion"])])
+            got = e[f"{role}_mouth_geometry"]
+            assert got.shape == (2,) and got.dtype == np.float32
+            np.testing.assert_allclose(got, [np.log(half_w), half_open], rtol=1e-6, atol=1e-7)
+            seen.add(round(float(got[0]), 4))
+    assert len(seen) > 3  # it varies with the frame, not one constant
+
+
+def test_stage1_derived_mouth_geometry_needs_synthtalk_records(train):
+    """Records without the fields it is computed from (real video) are refused at build time."""
+
+    class NoEmotion:
+        def __len__(self):
+            return len(train)
+
+        def __getitem__(self, i):
+            return {k: v for k, v in train[i].items() if k != "emotion"}
+
+    with pytest.raises(ConfigError, match="mouth_geometry factor needs SynthTalk records.*emotion"):
+        pipelines.stage1_dataset(NoEmotion(), batch_size=2, seed=0,
+                                 factors=["mouth", "mouth_geometry"])

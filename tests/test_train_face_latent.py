@@ -304,3 +304,38 @@ def test_supervise_other_adds_the_other_frame_to_the_motion_losses():
     # The source-and-driver-only value differs from the three-frame one.
     two = losses.head_pose_loss(z_pose[:2 * b], truth("rotation")[:2 * b], (30.0, 22.0, 11.0))
     assert abs(float(two) - float(metrics["head_pose"])) > 1e-3
+
+
+def test_mouth_geometry_loss_anchors_the_components_after_the_expression_values():
+    """loss.mouth_geometry reads z_dyn[:, 4:6] when loss.expression anchors 4 values (else
+    [:, :2]), against the (log half-width, half-opening) mapped by MOUTH_GEOMETRY_RANGE; a
+    z_dyn too small for it is refused, and so is data that cannot give the geometry."""
+    from vasa_jax.errors import ConfigError
+    from vasa_jax.train.face_latent import (MOUTH_GEOMETRY_RANGE, check_motion_losses,
+                                            motion_terms, stage1_factors)
+
+    geometry = jnp.asarray([[-1.8, 0.06], [-1.5, 0.0]], jnp.float32)
+    target = np.stack([(geometry[:, i] - lo) / span
+                       for i, (lo, span) in enumerate(MOUTH_GEOMETRY_RANGE)], -1)
+    batch = {"source_mouth_geometry": geometry}
+    for expression, start in ((1.0, 4), (0.0, 0)):
+        cfg = _config("", expression_dims=4, expression_squared=True,
+                      **{"loss.mouth_geometry": 1.0, "loss.expression": expression})
+        z = np.zeros((2, int(cfg.model.dyn_dim)), np.float32)
+        z[:, start:start + 2] = target
+        b = dict(batch, source_mouth=jnp.zeros((2, 3)), source_blink=jnp.zeros((2,)))
+        terms = motion_terms(cfg, {"source": {"z_dyn": jnp.asarray(z)}}, b)
+        assert float(terms["mouth_geometry"]) == pytest.approx(0.0, abs=1e-10)
+        z[:, start] += 0.1  # squared error / unit 0.1 over the two components: 0.01 / 2 / 0.1
+        terms = motion_terms(cfg, {"source": {"z_dyn": jnp.asarray(z)}}, b)
+        assert float(terms["mouth_geometry"]) == pytest.approx(0.05, rel=1e-5)
+    record = {"identity": 0, "emotion": 0, "mouth": np.zeros((3, 3)), "blink": 0, "rotation": 0}
+    assert stage1_factors(cfg, record)[-1] == "mouth_geometry"
+    assert "mouth_geometry" not in stage1_factors(_config(""), record)
+    check_motion_losses(cfg, record)
+    with pytest.raises(ConfigError, match="loss.mouth_geometry needs"):
+        check_motion_losses(cfg, {"mouth": 0, "rotation": 0})
+    small = _config("", **{"loss.mouth_geometry": 1.0, "loss.expression": 1.0,
+                           "model.dyn_dim": 3}, expression_dims=2)
+    with pytest.raises(ConfigError, match=r"z_dyn\[:, 2:4\] but model.dyn_dim=3"):
+        check_motion_losses(small, record)

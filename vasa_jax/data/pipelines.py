@@ -25,7 +25,8 @@ with `images_to_float` ([-1, 1], float32).
 Stage 1 element (one frame pair of one clip plus a frame of another identity; with
 `cross_clip_prob` > 0, that share of drivers come from another clip of the source's identity):
   source, driver, other             uint8 [R, R, 3]
-  source_<f>, driver_<f>, other_<f> ground-truth factor f of that frame (f in `factors`)
+  source_<f>, driver_<f>, other_<f> ground-truth factor f of that frame (f in `factors`; a
+                                    name in DERIVED_FACTORS is computed, not stored)
   source_frame, driver_frame, other_frame   int32 frame indices in their clips
   record_index, driver_record_index, other_record_index  int64 indices into the data source
   identity, other_identity, emotion, clip_seed   int64 (identity/emotion/clip_seed of the source clip)
@@ -227,6 +228,24 @@ class DecodedClipCache:
 
 
 
+def _stored_factor(rec: dict, field: str, t: int) -> np.ndarray:
+    return np.asarray(rec[field])[t]
+
+
+def _mouth_geometry(rec: dict, field: str, t: int) -> np.ndarray:
+    from vasa_jax.data.synthtalk.render import mouth_geometry
+
+    return mouth_geometry(_scalar(rec["identity"]), np.asarray(rec["mouth"])[t],
+                          _scalar(rec["emotion"]))
+
+
+# Per-frame fields a stage-1 example can carry that the records do not store, computed from
+# what they do: name → (record, field, frame index) → value. "mouth_geometry": float32 [2], the
+# drawn mouth's (log half-width, half-opening) in head units (SynthTalk records only: it needs
+# their identity, emotion and mouth factors).
+DERIVED_FACTORS = {"mouth_geometry": _mouth_geometry}
+
+
 class Stage1Example(grain.transforms.RandomMap):
     """Sample g → a (source, driver) frame pair of record g mod n, plus a frame of another identity.
 
@@ -260,6 +279,11 @@ class Stage1Example(grain.transforms.RandomMap):
                     "most reads will miss and each miss decodes a whole clip. Raise cache_mb "
                     "to %d or set it to 0", need >> 20, cache_mb, (need >> 20) + 1)
         self.factors = tuple(factors)
+        if "mouth_geometry" in self.factors and self.num_records:
+            missing = [k for k in ("identity", "emotion", "mouth") if k not in source[0]]
+            check(not missing, f"the mouth_geometry factor needs SynthTalk records (identity, "
+                  f"emotion and mouth factors); these lack {', '.join(missing)}: turn off the "
+                  "loss that asks for it (loss.mouth_geometry=0)")
         self.identities = None if identities is None else np.asarray(identities, np.int64)
         self.max_other_tries = max_other_tries
         self.cross_clip_prob = float(cross_clip_prob)
@@ -360,9 +384,10 @@ class Stage1Example(grain.transforms.RandomMap):
             "clip_seed": _scalar(rec["clip_seed"]),
         }
         for f in self.factors:
-            out[f"source_{f}"] = np.asarray(rec[f])[s]
-            out[f"driver_{f}"] = np.asarray(drv_rec[f])[d]
-            out[f"other_{f}"] = np.asarray(other[f])[o]
+            read = DERIVED_FACTORS.get(f, _stored_factor)
+            out[f"source_{f}"] = read(rec, f, s)
+            out[f"driver_{f}"] = read(drv_rec, f, d)
+            out[f"other_{f}"] = read(other, f, o)
         return out
 
 

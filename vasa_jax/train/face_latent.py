@@ -153,7 +153,18 @@ _SUPERVISION = (
      "loss.head_position needs per-frame head centres and scales, which this data set lacks "
      "(SynthTalk has them; real video needs a face tracker): set "
      "--config.loss.head_position=0"),
+    (("mouth_geometry",), ("mouth_geometry",), ("source", "driver"),
+     "loss.mouth_geometry needs the mouth's drawn half-width and half-opening, which this data "
+     "set cannot give (SynthTalk computes them from its identities and mouth factors; real "
+     "video needs a 3D face tracker): set --config.loss.mouth_geometry=0"),
 )
+# Batch fields the pipeline computes from other record fields (pipelines.DERIVED_FACTORS) →
+# the record fields they are computed from.
+_DERIVED = {"mouth_geometry": ("identity", "emotion", "mouth")}
+# loss.mouth_geometry's targets: (log half-width, half-opening) in head units mapped to about
+# 0…1 (half-width 0.074…0.30 of the face's half-width, half-opening 0…0.144), the scale of the
+# expression values it sits beside in z_dyn.
+MOUTH_GEOMETRY_RANGE = ((-2.6, 1.4), (0.0, 0.144))
 
 
 def check_motion_losses(config, record: dict) -> None:
@@ -161,9 +172,13 @@ def check_motion_losses(config, record: dict) -> None:
     fields `record` (one training record) lacks."""
     for losses_on, fields, _, message in _SUPERVISION:
         check(not any(config.loss.get(n, 0.0) > 0 for n in losses_on)
-              or all(f in record for f in fields), message)
+              or all(all(g in record for g in _DERIVED.get(f, (f,))) for f in fields), message)
     if config.loss.get("expression", 0.0) > 0:
         expression_dims(config)
+    if config.loss.get("mouth_geometry", 0.0) > 0:
+        start, dyn = mouth_geometry_start(config), int(config.model.dyn_dim)
+        check(start + 2 <= dyn, f"loss.mouth_geometry anchors z_dyn[:, {start}:{start + 2}] but "
+              f"model.dyn_dim={dyn}: set --config.model.dyn_dim={start + 2} or more")
     if config.loss.get("head_pose", 0.0) > 0:
         head_pose_scale(config)
     if config.loss.get("keypoints", 0.0) > 0:
@@ -175,7 +190,32 @@ def check_motion_losses(config, record: dict) -> None:
 
 
 # The loss.* terms motion_terms computes (what supervises the motion encoder alone).
-MOTION_LOSSES = ("head_pose", "head_position", "expression", "keypoints")
+MOTION_LOSSES = ("head_pose", "head_position", "expression", "keypoints", "mouth_geometry")
+
+
+def mouth_geometry_start(config) -> int:
+    """The first of the two z_dyn components loss.mouth_geometry anchors: right after those
+    loss.expression anchors (0 when that is off)."""
+    return expression_dims(config) if config.loss.get("expression", 0.0) > 0 else 0
+
+
+def mouth_geometry_target(geometry: jax.Array) -> jax.Array:
+    """[B, 2] (log half-width, half-opening) → loss.mouth_geometry's targets (about 0…1)."""
+    lo = jnp.asarray([r[0] for r in MOUTH_GEOMETRY_RANGE], jnp.float32)
+    span = jnp.asarray([r[1] for r in MOUTH_GEOMETRY_RANGE], jnp.float32)
+    return (geometry.astype(jnp.float32) - lo) / span
+
+
+def stage1_factors(config, record: dict) -> list[str]:
+    """The per-frame factors a stage-1 batch carries: those the records store, plus the derived
+    ones (pipelines.DERIVED_FACTORS) the motion losses of `config.loss` read."""
+    from vasa_jax.data import pipelines
+
+    stored = [f for f in pipelines.STAGE1_FACTORS if f in record]
+    derived = [f for f in _DERIVED
+               if any(f in fields and any(config.loss.get(n, 0.0) > 0 for n in losses_on)
+                      for losses_on, fields, _, _ in _SUPERVISION)]
+    return stored + derived
 
 
 def motion_terms(config, coded: dict, batch: dict) -> dict:
@@ -210,6 +250,11 @@ def motion_terms(config, coded: dict, batch: dict) -> dict:
               f"{landmarks.shape[1]} landmarks per frame: rebuild SynthTalk (builder 1.2.0 or "
               f"later) or set --config.keypoint_landmarks={landmarks.shape[1]}")
         terms["keypoints"] = losses.keypoint_loss(codes("keypoints"), landmarks[:, :n])
+    if w.get("mouth_geometry", 0.0) > 0:
+        start = mouth_geometry_start(config)
+        terms["mouth_geometry"] = losses.expression_loss(
+            codes("z_dyn")[:, start:], mouth_geometry_target(truth("mouth_geometry")),
+            squared=config.get("expression_squared", False))
     return terms
 
 
@@ -383,6 +428,7 @@ def train(config, workdir: str) -> dict:
     identities = pipelines.record_identities(sources["train"]) if cross_clip > 0 else None
     data_iter = iter(pipelines.stage1_dataset(sources["train"], batch_size=local_batch,
                                               seed=config.seed, identities=identities,
+                                              factors=stage1_factors(config, first),
                                               cross_clip_prob=cross_clip,
                                               cache_mb=config.data.get("cache_mb", 0.0)))
     loop.save_config(config, workdir)  # after every check: a refused config writes nothing

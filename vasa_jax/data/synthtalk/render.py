@@ -17,10 +17,13 @@ Frames: head frame x right, y up, z out of the face; camera at the origin lookin
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from vasa_jax.data.synthtalk.identity import Identity
+from vasa_jax.data.synthtalk.identity import Identity, sample_identity
 from vasa_jax.data.synthtalk.motion import FOCAL, angles_to_direction, rotation_matrix
+from vasa_jax.data.synthtalk.spec import EMOTIONS
 
 # Emotion → (smile, brow height, inner-brow raise, eye openness, jaw drop).
 EMOTION_FACE = {
@@ -390,6 +393,20 @@ def mouth_shape(identity: Identity, mouth, emotion: str) -> tuple[np.ndarray, np
     half_width = (0.19 * identity.mouth_width * (0.72 + 0.45 * m[..., 1]) * (1 - 0.35 * m[..., 2])
                   * (1 + 0.08 * max(smile, 0.0)))
     return half_width, 0.12 * opening * (1 + 0.2 * m[..., 2])
+
+
+@functools.lru_cache(maxsize=16384)
+def _identity(index: int) -> Identity:
+    return sample_identity(index)
+
+
+def mouth_geometry(identity: int, mouth, emotion: int) -> np.ndarray:
+    """float32 [..., 2]: (log half-width, half-opening) of the drawn mouth in face-surface units
+    (`mouth_shape`) for identity number `identity`, mouth factors [..., 3] and emotion index
+    `emotion`: what one frame shows of the mouth, in head units, as a 3D face tracker would
+    report it. Identities are cached, so a call per training example costs microseconds."""
+    half_width, half_open = mouth_shape(_identity(int(identity)), mouth, EMOTIONS[int(emotion)])
+    return np.stack([np.log(half_width), half_open], -1).astype(np.float32)
 
 
 def landmark_points(identity: Identity, mouth=(0.0, 0.5, 0.0), emotion: str = "neutral") -> dict:
