@@ -24,6 +24,10 @@ MODELS = {
         # Spatial-softmax keypoints in the motion encoder (0: off) and the trunk stage they
         # read (negative: from the last).
         motion_keypoints=0, motion_keypoint_stage=-2,
+        # A G×G mouth glimpse for the motion encoder (0: off; needs motion_keypoints >= 4
+        # guided by loss.keypoints): see models/face.py MotionEncoder.
+        motion_glimpse=0, motion_glimpse_span=0.55, motion_glimpse_channels=16,
+        motion_glimpse_align="eyes",
         # Side of the frames the model takes (0: image_size). image_size × 2^k: the motion
         # encoder reads them at that size, everything else box-filtered to image_size.
         input_size=0,
@@ -41,6 +45,8 @@ MODELS = {
         encoder_channels=64, encoder_max_channels=768, encoder_downsamples=5,
         id_dim=512, dyn_dim=256, max_angle_deg=90.0, motion_pool="spatial", motion_stem_stride=0,
         motion_keypoints=0, motion_keypoint_stage=-2, input_size=0,
+        motion_glimpse=0, motion_glimpse_span=0.55, motion_glimpse_channels=16,
+        motion_glimpse_align="eyes",
         warp_channels=512, warp_upsamples=2, warp_blocks=2,
         decoder_channels=768, decoder_blocks3d=6, decoder_blocks2d=5, decoder_cond="none",
         skip_channels=0, skip_blend=False, skip_static=False,

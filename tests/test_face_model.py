@@ -12,6 +12,7 @@ from flax import nnx
 from vasa_jax.data.synthtalk.motion import rotation_matrix
 from vasa_jax.errors import ConfigError
 from vasa_jax.models.face import (POSE_DIM, WarpGenerator, build_model, rotation_from_angles)
+from vasa_jax.models.warp import bilinear_sample as warp_bilinear
 from vasa_jax.models.warp import identity_grid, trilinear_sample
 
 _CONFIG_PATH = pathlib.Path(__file__).resolve().parents[1] / "configs" / "face_latent.py"
@@ -155,6 +156,63 @@ def test_motion_keypoints_find_a_peak_and_reach_both_heads():
     assert not hasattr(plain.motion, "kp_conv") and plain.motion.keypoints == 0
     with pytest.raises(ConfigError, match="motion_keypoint_stage"):
         _make_test_model(motion_keypoints=4, motion_keypoint_stage=len(enc.trunk.blocks))
+
+
+def test_mouth_glimpse_samples_the_frame_around_the_mouth_keypoint():
+    """model.motion_glimpse=G: a G×G patch centred on keypoint 3, its x axis along keypoint 0 →
+    1 (the eyes) and its half-side motion_glimpse_span eye distances, so a turned or smaller
+    head gives the same patch; its features reach z_dyn, and the codes' gradient does not flow
+    into the keypoints through the patch's place. Bad settings are refused."""
+    cfg, model = _make_test_model(motion_keypoints=4, motion_keypoint_stage=0, motion_glimpse=8,
+                                  motion_glimpse_span=0.5)
+    enc = model.motion
+    s = cfg.image_size
+    # A frame whose value is its own normalised x coordinate (x right, [-1, 1] at pixel edges).
+    xs = (np.arange(s) + 0.5) / s * 2 - 1
+    frame = np.broadcast_to(xs[None, :, None, None], (s, s, 1, 3)).reshape(1, s, s, 3)
+    frame = jnp.asarray(np.concatenate([frame, frame]), jnp.float32)
+    level = [[-0.3, -0.2], [0.3, -0.2], [0.0, 0.0], [0.1, 0.4]]  # eyes 0.6 apart, mouth at 0.1
+    turned = [[0.1 - (y - 0.4), 0.4 + (x - 0.1)] for x, y in level]  # turned 90° about kp 3
+    coords = jnp.asarray([level, turned], jnp.float32)
+    grid = np.asarray(enc.glimpse_grid(coords))
+    assert grid.shape == (2, 8, 8, 2)
+    np.testing.assert_allclose(grid[0].mean((0, 1)), [0.1, 0.4], atol=1e-6)  # centred on kp 3
+    t = (np.arange(8) + 0.5) / 8 * 2 - 1
+    np.testing.assert_allclose(grid[0, 0, :, 0], 0.1 + 0.5 * 0.6 * t, atol=1e-6)  # along eyes
+    np.testing.assert_allclose(grid[0, :, 0, 1], 0.4 + 0.5 * 0.6 * t, atol=1e-6)  # down
+    np.testing.assert_allclose(grid[1, :, :, 1] - 0.4, grid[0, :, :, 0] - 0.1, atol=1e-6)
+    patch = np.asarray(warp_bilinear(frame, enc.glimpse_grid(coords)))
+    np.testing.assert_allclose(patch[0, 3, :, 0], grid[0, 3, :, 0], atol=1e-5)  # reads x there
+
+    graphdef, params, rest = nnx.split(enc, nnx.Param, ...)
+    images = _images(jax.random.key(13), 2, s)
+
+    def dyn(p, img):
+        return nnx.merge(graphdef, p, rest)(img)[1]
+
+    grads = jax.grad(lambda p: jnp.sum(dyn(p, images) ** 2))(params)
+    assert optax_global_norm(grads["glimpse_convs"]) > 0.0
+    # Through the patch alone (the trunk's path cut), nothing reaches the keypoint conv.
+    _, fmap = enc.trunk(images, tap=enc.kp_stage)
+
+    def through_patch(p):
+        e = nnx.merge(graphdef, p, rest)
+        return jnp.sum(e.glimpse_features(images, e.keypoint_coords(fmap)) ** 2)
+
+    g = jax.grad(through_patch)(params)
+    assert optax_global_norm(g["kp_conv"]) == 0.0 and optax_global_norm(g["glimpse_out"]) > 0
+    # align "frame": the frame's own axes and units, whatever the eyes do.
+    _, framed = _make_test_model(motion_keypoints=4, motion_keypoint_stage=0, motion_glimpse=8,
+                                 motion_glimpse_span=0.25, motion_glimpse_align="frame")
+    g = np.asarray(framed.motion.glimpse_grid(coords))
+    np.testing.assert_allclose(g[0], g[1], atol=1e-6)
+    np.testing.assert_allclose(g[0, 0, :, 0], 0.1 + 0.25 * t, atol=1e-6)
+    for bad in (dict(motion_keypoints=4, motion_glimpse=8, motion_glimpse_align="mouth"),
+                dict(motion_keypoints=2, motion_glimpse=8),
+                dict(motion_keypoints=4, motion_glimpse=10),
+                dict(motion_keypoints=4, motion_glimpse=8, motion_glimpse_span=0.0)):
+        with pytest.raises(ConfigError, match="motion_glimpse"):
+            _make_test_model(motion_keypoint_stage=0, **bad)
 
 
 def test_input_size_feeds_the_motion_encoder_the_larger_frame():

@@ -332,6 +332,7 @@ class MotionEncoder(nnx.Module):
 
     _SPATIAL_CH = 32
     _HIDDEN = 256
+    _GLIMPSE = 64
 
     def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
         self.max_angle = float(cfg.max_angle_deg)
@@ -361,6 +362,34 @@ class MotionEncoder(nnx.Module):
         if self.keypoints:
             chs = _stage_channels(cfg.encoder_channels, cfg.encoder_max_channels, n_stages)
             self.kp_conv = nnx.Conv(chs[self.kp_stage + 1], self.keypoints, (3, 3), rngs=rngs)
+        # Mouth glimpse (`model.motion_glimpse` G > 0): a G×G patch resampled from the input
+        # frame around the mouth keypoint (keypoint 3; 0 and 1 are the eyes, as loss.keypoints
+        # guides them), its axes along and across the eye line and its half-side
+        # `motion_glimpse_span` eye distances: the mouth at the input's full resolution, with
+        # the head's roll and size taken out. A small CNN reads it; its features join the
+        # keypoints'. The patch's place follows the keypoints without a gradient (they learn
+        # from loss.keypoints).
+        self.glimpse = int(cfg.get("motion_glimpse", 0))
+        check(self.glimpse == 0 or (self.glimpse >= 8 and self.glimpse % 4 == 0
+                                    and self.keypoints >= 4),
+              f"model.motion_glimpse={self.glimpse!r} is invalid: use 0 (off) or a multiple of "
+              f"4 from 8 up, with model.motion_keypoints >= 4 (it needs the eye and mouth "
+              f"keypoints; now {self.keypoints})")
+        if self.glimpse:
+            self.glimpse_span = float(cfg.get("motion_glimpse_span", 0.55))
+            self.glimpse_align = cfg.get("motion_glimpse_align", "eyes")
+            check(self.glimpse_align in ("eyes", "frame"), "model.motion_glimpse_align="
+                  f"{self.glimpse_align!r} is invalid: use 'eyes' or 'frame'")
+            check(self.glimpse_span > 0, f"model.motion_glimpse_span={self.glimpse_span!r} is "
+                  "invalid: use a positive number of eye distances")
+            c = int(cfg.get("motion_glimpse_channels", 16))
+            self.glimpse_convs = nnx.List([
+                nnx.Conv(3, c, (3, 3), rngs=rngs),
+                nnx.Conv(c, 2 * c, (3, 3), strides=(2, 2), rngs=rngs),
+                nnx.Conv(2 * c, 2 * c, (3, 3), strides=(2, 2), rngs=rngs)])
+            self.glimpse_out = nnx.Linear((self.glimpse // 4) ** 2 * 2 * c, self._GLIMPSE,
+                                          rngs=rngs)
+            kp_dim += self._GLIMPSE
         if self.pool == "spatial":
             side = cfg.image_size // 2 ** cfg.encoder_downsamples
             self.reduce = nnx.Conv(feats, self._SPATIAL_CH, (1, 1), rngs=rngs)
@@ -382,6 +411,25 @@ class MotionEncoder(nnx.Module):
         y = jnp.einsum("bhwk,h->bk", prob, ys)
         return jnp.stack([x, y], axis=-1)
 
+    def glimpse_grid(self, coords: jax.Array) -> jax.Array:
+        """[B, G, G, 2] normalised (x, y) sampling points of the mouth glimpse for keypoints
+        [B, K, 2]: centred on keypoint 3, axes along and across keypoint 0 → 1."""
+        kp = jax.lax.stop_gradient(coords)
+        if self.glimpse_align == "eyes":
+            along = kp[:, 1] - kp[:, 0]  # [B, 2]: left eye → right eye (x right, y down)
+        else:  # "frame": the frame's own axes, half-side span in its normalised units
+            along = jnp.broadcast_to(jnp.asarray([1.0, 0.0], kp.dtype), kp[:, 0].shape)
+        across = jnp.stack([-along[:, 1], along[:, 0]], -1)  # 90° on: downwards when level
+        t = ((jnp.arange(self.glimpse) + 0.5) / self.glimpse * 2 - 1) * self.glimpse_span
+        return (kp[:, 3, None, None, :] + t[None, None, :, None] * along[:, None, None, :]
+                + t[None, :, None, None] * across[:, None, None, :])
+
+    def glimpse_features(self, image: jax.Array, coords: jax.Array) -> jax.Array:
+        x = bilinear_sample(image, self.glimpse_grid(coords), padding_mode="border")
+        for layer in self.glimpse_convs:
+            x = nnx.silu(layer(x))
+        return nnx.silu(self.glimpse_out(x.reshape(x.shape[0], -1)))
+
     def __call__(self, image: jax.Array, return_keypoints: bool = False):
         """(z_pose, z_dyn), or with `return_keypoints` (z_pose, z_dyn, keypoints [B, K, 2] or
         None when model.motion_keypoints is 0)."""
@@ -389,6 +437,8 @@ class MotionEncoder(nnx.Module):
             h, fmap = self.trunk(image, tap=self.kp_stage)
             coords = self.keypoint_coords(fmap)
             kp = coords.reshape(coords.shape[0], -1)
+            if self.glimpse:
+                kp = jnp.concatenate([kp, self.glimpse_features(image, coords)], -1)
         else:
             h, coords, kp = self.trunk(image), None, None
         if self.pool == "spatial":
