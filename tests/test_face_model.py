@@ -12,8 +12,7 @@ from flax import nnx
 from vasa_jax.data.synthtalk.motion import rotation_matrix
 from vasa_jax.errors import ConfigError
 from vasa_jax.models.face import (POSE_DIM, WarpGenerator, build_model, rotation_from_angles)
-from vasa_jax.models.warp import bilinear_sample as warp_bilinear
-from vasa_jax.models.warp import identity_grid, trilinear_sample
+from vasa_jax.models.warp import bilinear_sample as warp_bilinear, identity_grid, trilinear_sample
 
 _CONFIG_PATH = pathlib.Path(__file__).resolve().parents[1] / "configs" / "face_latent.py"
 

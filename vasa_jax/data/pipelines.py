@@ -240,10 +240,10 @@ def _mouth_geometry(rec: dict, field: str, t: int) -> np.ndarray:
 
 
 # Per-frame fields a stage-1 example can carry that the records do not store, computed from
-# what they do: name → (record, field, frame index) → value. "mouth_geometry": float32 [2], the
-# drawn mouth's (log half-width, half-opening) in head units (SynthTalk records only: it needs
-# their identity, emotion and mouth factors).
-DERIVED_FACTORS = {"mouth_geometry": _mouth_geometry}
+# what they do: name → (the record fields it needs, (record, field, frame index) → value).
+# "mouth_geometry": float32 [2], the drawn mouth's (log half-width, half-opening) in head units
+# (SynthTalk records only).
+DERIVED_FACTORS = {"mouth_geometry": (("identity", "emotion", "mouth"), _mouth_geometry)}
 
 
 class Stage1Example(grain.transforms.RandomMap):
@@ -279,11 +279,13 @@ class Stage1Example(grain.transforms.RandomMap):
                     "most reads will miss and each miss decodes a whole clip. Raise cache_mb "
                     "to %d or set it to 0", need >> 20, cache_mb, (need >> 20) + 1)
         self.factors = tuple(factors)
-        if "mouth_geometry" in self.factors and self.num_records:
-            missing = [k for k in ("identity", "emotion", "mouth") if k not in source[0]]
-            check(not missing, f"the mouth_geometry factor needs SynthTalk records (identity, "
-                  f"emotion and mouth factors); these lack {', '.join(missing)}: turn off the "
-                  "loss that asks for it (loss.mouth_geometry=0)")
+        for f in self.factors:
+            if f in DERIVED_FACTORS and self.num_records:
+                needs = DERIVED_FACTORS[f][0]
+                missing = [k for k in needs if k not in source[0]]
+                check(not missing, f"the {f} factor needs SynthTalk records ({', '.join(needs)}); "
+                      f"these lack {', '.join(missing)}: turn off the loss that asks for it "
+                      f"(loss.{f}=0)")
         self.identities = None if identities is None else np.asarray(identities, np.int64)
         self.max_other_tries = max_other_tries
         self.cross_clip_prob = float(cross_clip_prob)
@@ -384,7 +386,7 @@ class Stage1Example(grain.transforms.RandomMap):
             "clip_seed": _scalar(rec["clip_seed"]),
         }
         for f in self.factors:
-            read = DERIVED_FACTORS.get(f, _stored_factor)
+            read = DERIVED_FACTORS[f][1] if f in DERIVED_FACTORS else _stored_factor
             out[f"source_{f}"] = read(rec, f, s)
             out[f"driver_{f}"] = read(drv_rec, f, d)
             out[f"other_{f}"] = read(other, f, o)

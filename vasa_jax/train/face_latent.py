@@ -158,9 +158,6 @@ _SUPERVISION = (
      "set cannot give (SynthTalk computes them from its identities and mouth factors; real "
      "video needs a 3D face tracker): set --config.loss.mouth_geometry=0"),
 )
-# Batch fields the pipeline computes from other record fields (pipelines.DERIVED_FACTORS) →
-# the record fields they are computed from.
-_DERIVED = {"mouth_geometry": ("identity", "emotion", "mouth")}
 # loss.mouth_geometry's targets: (log half-width, half-opening) in head units mapped to about
 # 0…1 (half-width 0.074…0.30 of the face's half-width, half-opening 0…0.144), the scale of the
 # expression values it sits beside in z_dyn.
@@ -170,9 +167,15 @@ MOUTH_GEOMETRY_RANGE = ((-2.6, 1.4), (0.0, 0.144))
 def check_motion_losses(config, record: dict) -> None:
     """Refuses (ConfigError, one line) motion-loss settings that are invalid or that need truth
     fields `record` (one training record) lacks."""
+    from vasa_jax.data.pipelines import DERIVED_FACTORS
+
+    def present(field):  # a derived field is there when what it is computed from is
+        needs = DERIVED_FACTORS[field][0] if field in DERIVED_FACTORS else (field,)
+        return all(g in record for g in needs)
+
     for losses_on, fields, _, message in _SUPERVISION:
         check(not any(config.loss.get(n, 0.0) > 0 for n in losses_on)
-              or all(all(g in record for g in _DERIVED.get(f, (f,))) for f in fields), message)
+              or all(present(f) for f in fields), message)
     if config.loss.get("expression", 0.0) > 0:
         expression_dims(config)
     if config.loss.get("mouth_geometry", 0.0) > 0:
@@ -212,7 +215,7 @@ def stage1_factors(config, record: dict) -> list[str]:
     from vasa_jax.data import pipelines
 
     stored = [f for f in pipelines.STAGE1_FACTORS if f in record]
-    derived = [f for f in _DERIVED
+    derived = [f for f in pipelines.DERIVED_FACTORS
                if any(f in fields and any(config.loss.get(n, 0.0) > 0 for n in losses_on)
                       for losses_on, fields, _, _ in _SUPERVISION)]
     return stored + derived
