@@ -13,6 +13,15 @@ the held-out set, which flatters the bound) from (log a, h, emotion one-hot) to 
 on the train identities, and scores R² on the held-out identities, as the stage-1 evaluation
 does. An encoder that measured the mouth perfectly, at any resolution, could not do better than
 this from a single frame; at 64² the half-width is ~3–4 pixels.
+
+Two further readings place an encoder's figure against the bound (session 30):
+- `with_own_width`: the same fit with the identity's own mouth width m_id added as a feature,
+  what a frame cannot show; the gap to the bound is the person's share of the loss.
+- `noise_sweep` (`--noise`): Gaussian error added to the measured (log a, h), each with a standard
+  deviation of `noise` times that feature's spread over the train frames, on train and test alike,
+  as an encoder that measures the mouth imperfectly would see it. Each row gives the measurement's
+  own R² on the test frames and that error in pixels of the data's resolution (the drawn
+  half-width's relative error times its median size in pixels), against the mouth R² it leaves.
 """
 
 from __future__ import annotations
@@ -24,9 +33,11 @@ import os
 import numpy as np
 
 
-def mouth_geometry(records) -> tuple[np.ndarray, np.ndarray]:
-    """(features [N, 2 + emotions], truth [N, 3]) over every frame of `records`."""
+def mouth_geometry(records, own_width: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(features [N, 2 + emotions (+ 1)], truth [N, 3]) over every frame of `records`; with
+    `own_width` the identity's log mouth width is the last feature."""
     from vasa_jax.data import synthtalk
+    from vasa_jax.data.synthtalk.render import _identity
     from vasa_jax.data.synthtalk.render import mouth_geometry as drawn
 
     xs, ys = [], []
@@ -37,9 +48,47 @@ def mouth_geometry(records) -> tuple[np.ndarray, np.ndarray]:
         log_a_h = drawn(int(rec["identity"]), m, emotion).astype(np.float64)
         onehot = np.zeros((len(m), len(synthtalk.EMOTIONS)))
         onehot[:, emotion] = 1.0
-        xs.append(np.concatenate([log_a_h, onehot], 1))
+        parts = [log_a_h, onehot]
+        if own_width:
+            parts.append(np.full((len(m), 1), np.log(_identity(int(rec["identity"])).mouth_width)))
+        xs.append(np.concatenate(parts, 1))
         ys.append(m)
     return np.concatenate(xs), np.concatenate(ys)
+
+
+def half_width_pixels(records, resolution: int) -> np.ndarray:
+    """The drawn mouth's half-width in pixels at `resolution`, per frame: half the distance
+    between the mouth-corner landmarks (normalised coordinates, -1..1)."""
+    from vasa_jax.data import synthtalk
+
+    left = synthtalk.LANDMARKS.index("mouth_left")
+    right = synthtalk.LANDMARKS.index("mouth_right")
+    out = []
+    for i in range(len(records)):
+        lm = np.asarray(records[i]["landmarks"], np.float64)
+        out.append(np.linalg.norm(lm[:, left] - lm[:, right], axis=-1) / 2 * resolution / 2)
+    return np.concatenate(out)
+
+
+def noise_sweep(x_train, y_train, x_test, y_test, levels, pixels: float, seed: int = 0) -> list:
+    """Mouth R² left by measuring (log a, h) with error `level` × each one's train spread."""
+    from vasa_jax.eval.face_latent import r2_score
+
+    spread = x_train[:, :2].std(0)
+    rows = []
+    for level in levels:
+        rng = np.random.default_rng(seed)
+        a, b = x_train.copy(), x_test.copy()
+        a[:, :2] += level * spread * rng.standard_normal((len(a), 2))
+        b[:, :2] += level * spread * rng.standard_normal((len(b), 2))
+        measured = r2_score(x_test[:, :2], b[:, :2])
+        fit = ceiling(a, y_train, b, y_test)
+        rows.append(dict(noise=float(level), half_width_r2=float(measured[0]),
+                         half_opening_r2=float(measured[1]),
+                         # log a's error is relative: level · spread of log a, times the size
+                         half_width_error_px=float(level * spread[0] * pixels),
+                         mouth_r2=fit["r2"], r2_per_dim=fit["r2_per_dim"], k=fit["k"]))
+    return rows
 
 
 def ceiling(x_train, y_train, x_test, y_test, ks=(5, 10, 20, 50, 100, 200, 400)) -> dict:
@@ -74,10 +123,19 @@ def main():
     ap.add_argument("--held-out", type=int, default=0,
                     help="score on this many held-out identities, as `vasa_jax.eval.face_latent "
                          "--held_out N` does (0: the config's own test split)")
+    ap.add_argument("--noise", default="",
+                    help="comma-separated measurement errors, in units of each feature's spread, "
+                         "for the noise sweep (e.g. 0.1,0.2,0.3,0.45); empty: no sweep")
     ap.add_argument("--out", default="mouth_probe_ceiling.json")
     args = ap.parse_args()
     if args.held_out < 0:
         ap.error(f"--held-out {args.held_out} is invalid: use 0 (the config's test split) or N > 0")
+    try:
+        levels = [float(v) for v in args.noise.split(",") if v.strip()]
+    except ValueError:
+        ap.error(f"--noise {args.noise!r} is invalid: give comma-separated numbers, e.g. 0.1,0.3")
+    if any(v < 0 for v in levels):
+        ap.error(f"--noise {args.noise!r} is invalid: errors must be >= 0")
     from vasa_jax.config_util import load_config
 
     st = load_config(args.config).data.synthtalk.to_dict()
@@ -89,10 +147,18 @@ def main():
     result = dict(data=dict(st, held_out_identities=args.held_out),
                   train_frames=len(x_tr), test_frames=len(x_te),
                   **ceiling(x_tr, y_tr, x_te, y_te))
+    own = ceiling(*mouth_geometry(sources["train"], True), *mouth_geometry(test, True))
+    result["with_own_width"] = dict(k=own["k"], r2=own["r2"], r2_per_dim=own["r2_per_dim"])
+    if levels:
+        pixels = float(np.median(half_width_pixels(test, int(st["resolution"]))))
+        result["median_half_width_px"] = pixels
+        result["noise_sweep"] = noise_sweep(x_tr, y_tr, x_te, y_te, levels, pixels)
+        for row in result["noise_sweep"]:
+            print(json.dumps(row))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
-    print(json.dumps({k: result[k] for k in ("k", "r2", "r2_per_dim")}))
+    print(json.dumps({k: result[k] for k in ("k", "r2", "r2_per_dim", "with_own_width")}))
 
 
 if __name__ == "__main__":
