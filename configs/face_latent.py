@@ -22,8 +22,8 @@ MODELS = {
         id_dim=32, dyn_dim=16, max_angle_deg=90.0, motion_pool="spatial", stem_stride=2,
         motion_stem_stride=0,  # 0: stem_stride
         # Spatial-softmax keypoints in the motion encoder (0: off) and the trunk stage they
-        # read (negative: from the last); motion_keypoint_spread adds each softmax's spread.
-        motion_keypoints=0, motion_keypoint_stage=-2, motion_keypoint_spread=False,
+        # read (negative: from the last).
+        motion_keypoints=0, motion_keypoint_stage=-2,
         # A G×G mouth glimpse for the motion encoder (0: off; needs motion_keypoints >= 4
         # guided by loss.keypoints): see models/face.py MotionEncoder.
         motion_glimpse=0, motion_glimpse_span=0.55, motion_glimpse_channels=16,
@@ -44,7 +44,7 @@ MODELS = {
         volume_size=64, volume_depth=16, volume_channels=96, app_blocks3d=6,
         encoder_channels=64, encoder_max_channels=768, encoder_downsamples=5,
         id_dim=512, dyn_dim=256, max_angle_deg=90.0, motion_pool="spatial", motion_stem_stride=0,
-        motion_keypoints=0, motion_keypoint_stage=-2, motion_keypoint_spread=False, input_size=0,
+        motion_keypoints=0, motion_keypoint_stage=-2, input_size=0,
         motion_glimpse=0, motion_glimpse_span=0.55, motion_glimpse_channels=16,
         motion_glimpse_align="eyes",
         warp_channels=512, warp_upsamples=2, warp_blocks=2,

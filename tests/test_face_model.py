@@ -157,51 +157,6 @@ def test_motion_keypoints_find_a_peak_and_reach_both_heads():
         _make_test_model(motion_keypoints=4, motion_keypoint_stage=len(enc.trunk.blocks))
 
 
-def test_keypoint_spread_measures_the_extent_of_each_heatmap():
-    """model.motion_keypoint_spread: each keypoint's softmax also gives (log σx, log σy, ρ). A
-    heatmap flat over a w×h block of cells has the discrete uniform's spread (w² − 1)/12 cells²
-    along x, in [-1, 1] units, and no correlation; a diagonal band correlates x and y. The 5K
-    features reach both heads, and the option without keypoints is refused."""
-    cfg, model = _make_test_model(motion_keypoints=4, motion_keypoint_stage=0,
-                                  motion_keypoint_spread=True)
-    enc = model.motion
-    c = enc.kp_conv.in_features
-    kernel = np.zeros(enc.kp_conv.kernel.shape, np.float32)
-    kernel[1, 1, 0, :] = 80.0
-    enc.kp_conv.kernel[...] = jnp.asarray(kernel)
-    enc.kp_conv.bias[...] = jnp.zeros_like(enc.kp_conv.bias[...])
-    fmap = np.zeros((2, 16, 16, c), np.float32)
-    fmap[0, 4:7, 2:10, 0] = 1.0  # 8 cells wide, 3 tall
-    for i in range(6):
-        fmap[1, 5 + i, 3 + i, 0] = 1.0  # a diagonal: x and y move together
-    coords, spread = enc.keypoint_coords(jnp.asarray(fmap), spread=True)
-    coords, spread = np.asarray(coords), np.asarray(spread)
-    cell = 2 / 16
-    np.testing.assert_allclose(coords[0, 0], [(6.0 / 16) * 2 - 1, (5.5 / 16) * 2 - 1], atol=1e-5)
-    np.testing.assert_allclose(spread[0, :, 0], 0.5 * np.log((8 ** 2 - 1) / 12 * cell ** 2),
-                               atol=1e-4)
-    np.testing.assert_allclose(spread[0, :, 1], 0.5 * np.log((3 ** 2 - 1) / 12 * cell ** 2),
-                               atol=1e-4)
-    np.testing.assert_allclose(spread[0, :, 2], 0.0, atol=1e-5)
-    np.testing.assert_allclose(spread[1, :, 2], 1.0, atol=1e-3)
-    # Plain coordinates are unchanged by the option.
-    np.testing.assert_allclose(np.asarray(enc.keypoint_coords(jnp.asarray(fmap))), coords)
-
-    images = _images(jax.random.key(13), 2, cfg.image_size)
-    graphdef, params, rest = nnx.split(enc, nnx.Param, ...)
-
-    def loss(p):
-        zp, zd = nnx.merge(graphdef, p, rest)(images)
-        return jnp.sum(zd ** 2) + jnp.sum(zp)
-
-    grads = jax.grad(loss)(params)
-    assert enc.dyn_head.in_features == enc.hidden.out_features + 5 * 4
-    for head in ("pose_head", "dyn_head"):  # the last 5K rows: coordinates then spreads
-        assert optax_global_norm(grads[head]["kernel"][...][-12:]) > 0.0
-    with pytest.raises(ConfigError, match="motion_keypoint_spread"):
-        _make_test_model(motion_keypoint_spread=True)
-
-
 def test_mouth_glimpse_samples_the_frame_around_the_mouth_keypoint():
     """model.motion_glimpse=G: a G×G patch centred on keypoint 3, its x axis along keypoint 0 →
     1 (the eyes) and its half-side motion_glimpse_span eye distances, so a turned or smaller

@@ -358,14 +358,7 @@ class MotionEncoder(nnx.Module):
         check(self.keypoints >= 0 and (self.keypoints == 0 or self.kp_stage is not None),
               f"model.motion_keypoints={self.keypoints!r} / motion_keypoint_stage={stage!r} "
               f"is invalid: use keypoints >= 0 and a stage in [-{n_stages}, {n_stages - 1}]")
-        # `model.motion_keypoint_spread`: each keypoint's softmax also gives its spread, (log σx,
-        # log σy, ρ): a heatmap that covers the mouth's opening evenly has σx ∝ the mouth's
-        # width, integrated over every cell it covers rather than read off one edge.
-        self.kp_spread = bool(cfg.get("motion_keypoint_spread", False))
-        check(not self.kp_spread or self.keypoints > 0,
-              "model.motion_keypoint_spread=True is invalid without keypoints: set "
-              "model.motion_keypoints > 0")
-        kp_dim = (5 if self.kp_spread else 2) * self.keypoints
+        kp_dim = 2 * self.keypoints
         if self.keypoints:
             chs = _stage_channels(cfg.encoder_channels, cfg.encoder_max_channels, n_stages)
             self.kp_conv = nnx.Conv(chs[self.kp_stage + 1], self.keypoints, (3, 3), rngs=rngs)
@@ -407,9 +400,8 @@ class MotionEncoder(nnx.Module):
                                     kernel_init=nnx.initializers.zeros, rngs=rngs)
         self.dyn_head = nnx.Linear(feats + kp_dim, cfg.dyn_dim, rngs=rngs)
 
-    def keypoint_coords(self, fmap: jax.Array, spread: bool = False):
-        """Spatial-softmax keypoints of a stage map [B, h, w, C] → [B, K, 2] (x, y) in [-1, 1];
-        with `spread` also [B, K, 3]: (log σx, log σy, ρ) of each softmax, σ in the same units."""
+    def keypoint_coords(self, fmap: jax.Array) -> jax.Array:
+        """Spatial-softmax keypoints of a stage map [B, h, w, C] → [B, K, 2] (x, y) in [-1, 1]."""
         logits = self.kp_conv(fmap)  # [B, h, w, K]
         b, h, w, k = logits.shape
         prob = jax.nn.softmax(logits.reshape(b, h * w, k), axis=1).reshape(b, h, w, k)
@@ -417,18 +409,7 @@ class MotionEncoder(nnx.Module):
         xs = (jnp.arange(w) + 0.5) / w * 2 - 1
         x = jnp.einsum("bhwk,w->bk", prob, xs)
         y = jnp.einsum("bhwk,h->bk", prob, ys)
-        coords = jnp.stack([x, y], axis=-1)
-        if not spread:
-            return coords
-        dx = xs[None, None, :, None] - x[:, None, None, :]  # [B, 1, w, K]
-        dy = ys[None, :, None, None] - y[:, None, None, :]  # [B, h, 1, K]
-        # A floor of a hundredth of a cell keeps the logs finite for a one-hot softmax.
-        floor = (1e-2 / w) ** 2
-        vxx = jnp.einsum("bhwk,bhwk->bk", prob, jnp.broadcast_to(dx * dx, prob.shape)) + floor
-        vyy = jnp.einsum("bhwk,bhwk->bk", prob, jnp.broadcast_to(dy * dy, prob.shape)) + floor
-        vxy = jnp.einsum("bhwk,bhwk->bk", prob, dx * dy)
-        return coords, jnp.stack([0.5 * jnp.log(vxx), 0.5 * jnp.log(vyy),
-                                  vxy * jax.lax.rsqrt(vxx * vyy)], axis=-1)
+        return jnp.stack([x, y], axis=-1)
 
     def glimpse_grid(self, coords: jax.Array) -> jax.Array:
         """[B, G, G, 2] normalised (x, y) sampling points of the mouth glimpse for keypoints
@@ -454,12 +435,8 @@ class MotionEncoder(nnx.Module):
         None when model.motion_keypoints is 0)."""
         if self.keypoints:
             h, fmap = self.trunk(image, tap=self.kp_stage)
-            if self.kp_spread:
-                coords, spread = self.keypoint_coords(fmap, spread=True)
-                kp = jnp.concatenate([coords, spread], -1).reshape(coords.shape[0], -1)
-            else:
-                coords = self.keypoint_coords(fmap)
-                kp = coords.reshape(coords.shape[0], -1)
+            coords = self.keypoint_coords(fmap)
+            kp = coords.reshape(coords.shape[0], -1)
             if self.glimpse:
                 kp = jnp.concatenate([kp, self.glimpse_features(image, coords)], -1)
         else:
