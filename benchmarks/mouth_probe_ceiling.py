@@ -142,12 +142,14 @@ def main():
     sources = builders.prepare_synthtalk(args.data_dir, **st)
     test = sources["test"] if not args.held_out else builders.prepare_synthtalk(
         args.data_dir, **dict(st, num_train_identities=1, num_test_identities=args.held_out))["test"]
-    x_tr, y_tr = mouth_geometry(sources["train"])
-    x_te, y_te = mouth_geometry(test)
+    # One pass over the records: the own-width column is the last; the bound itself drops it.
+    xo_tr, y_tr = mouth_geometry(sources["train"], own_width=True)
+    xo_te, y_te = mouth_geometry(test, own_width=True)
+    x_tr, x_te = xo_tr[:, :-1], xo_te[:, :-1]
     result = dict(data=dict(st, held_out_identities=args.held_out),
                   train_frames=len(x_tr), test_frames=len(x_te),
                   **ceiling(x_tr, y_tr, x_te, y_te))
-    own = ceiling(*mouth_geometry(sources["train"], True), *mouth_geometry(test, True))
+    own = ceiling(xo_tr, y_tr, xo_te, y_te)
     result["with_own_width"] = dict(k=own["k"], r2=own["r2"], r2_per_dim=own["r2_per_dim"])
     if levels:
         pixels = float(np.median(half_width_pixels(test, int(st["resolution"]))))
