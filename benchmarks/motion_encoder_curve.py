@@ -80,7 +80,7 @@ def main():
     from vasa_jax.config_util import load_config
     from vasa_jax.errors import ConfigError
     from vasa_jax.data import builders, pipelines
-    from vasa_jax.eval.face_latent import _batched, _load_split, probe_r2
+    from vasa_jax.eval.face_latent import _batched, _load_split, probe_accuracy, probe_r2
     from vasa_jax.models.face import build_model
     from vasa_jax.train import augment
     from vasa_jax.train.face_latent import (MOTION_LOSSES, _to_float, augment_mirror_prob,
@@ -177,6 +177,14 @@ def main():
                          np.concatenate([c[field] for c in test_clips]))
             out[f"{name}_r2"] = round(r["r2"], 4)
             out[f"{name}_r2_per_dim"] = [round(v, 4) for v in r["r2_per_dim"]]
+        # The clip's emotion from z_dyn: the evaluation's linear classifier (chance: the most
+        # common label's share of the test frames).
+        labels = [np.concatenate([np.full(len(c["frames"]), int(c["emotion"])) for c in clips])
+                  for clips in (train_clips, test_clips)]
+        out["emotion_accuracy"] = round(probe_accuracy(
+            np.concatenate([c["z_dyn"] for c in tr]), labels[0],
+            np.concatenate([c["z_dyn"] for c in te]), labels[1]), 4)
+        out["emotion_chance"] = round(float(np.bincount(labels[1]).max() / len(labels[1])), 4)
         return out
 
     points, n, trained_s = [], 0, 0.0

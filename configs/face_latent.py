@@ -180,7 +180,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Anchors the two z_dyn components after loss.expression's to the drawn mouth's log
         # half-width and half-opening in head units (what one frame shows of the mouth):
         # SynthTalk's truth here, a 3D face tracker's on real video.
-        mouth_geometry=0.0))
+        mouth_geometry=0.0,
+        # Anchor the next z_dyn components to the clip's emotion as a one-hot (5) and to the
+        # frame's eye-in-head gaze (yaw, pitch; train.face_latent.EYE_GAZE_RANGE): SynthTalk's
+        # truth here, an emotion recogniser's class probabilities and a gaze estimator's
+        # angles on real video. Packed after expression and mouth_geometry
+        # (train.face_latent.anchor_layout).
+        emotion=0.0, gaze=0.0))
     # How many z_dyn components loss.expression anchors: 2 (mouth opening, eye closure) or 4
     # (+ mouth width and rounding).
     config.expression_dims = 2

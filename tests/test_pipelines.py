@@ -405,6 +405,27 @@ def test_stage1_derived_mouth_geometry_follows_each_frames_truth(train):
     assert len(seen) > 3  # it varies with the frame, not one constant
 
 
+def test_stage1_derived_emotion_onehot_is_each_frames_own_clip(train):
+    """"emotion_onehot" (loss.emotion's target) is the one-hot of the emotion of the clip each
+    role's frame comes from: a driver drawn from the identity's other clip carries that clip's
+    label, not the source's."""
+    from vasa_jax.data import synthtalk
+
+    identities = pipelines.record_identities(train)
+    ex = _examples(_take(_stage1(train, factors=["emotion_onehot"], identities=identities,
+                                 cross_clip_prob=1.0), 4))
+    crossed = 0
+    for e in ex:
+        for role, rec_key in (("source", "record_index"), ("driver", "driver_record_index"),
+                              ("other", "other_record_index")):
+            got = e[f"{role}_emotion_onehot"]
+            assert got.shape == (len(synthtalk.EMOTIONS),) and got.dtype == np.float32
+            want = np.eye(len(synthtalk.EMOTIONS))[int(train[int(e[rec_key])]["emotion"])]
+            np.testing.assert_array_equal(got, want, err_msg=role)
+        crossed += int(e["driver_record_index"] != e["record_index"])
+    assert crossed > 0  # some drivers did come from the other clip
+
+
 def test_stage1_derived_mouth_geometry_needs_synthtalk_records(train):
     """Records without the fields it is computed from (real video) are refused at build time."""
 

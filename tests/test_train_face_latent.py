@@ -306,6 +306,57 @@ def test_supervise_other_adds_the_other_frame_to_the_motion_losses():
     assert abs(float(two) - float(metrics["head_pose"])) > 1e-3
 
 
+def test_emotion_and_gaze_losses_anchor_the_next_components():
+    """loss.emotion anchors one z_dyn component per emotion to the clip's one-hot and loss.gaze
+    two to the eye-in-head angles mapped by EYE_GAZE_RANGE, packed after expression (and
+    mouth_geometry when on); each term is zero at its target and moves by the squared error
+    when one component is off; too small a z_dyn and data without the labels are refused."""
+    from vasa_jax.errors import ConfigError
+    from vasa_jax.train.face_latent import (EYE_GAZE_RANGE, NUM_EMOTIONS, anchor_layout,
+                                            check_motion_losses, motion_terms, stage1_factors)
+
+    onehot = np.eye(NUM_EMOTIONS, dtype=np.float32)[[1, 4]]
+    eye_gaze = np.asarray([[10.0, -5.0], [-20.0, 12.0]], np.float32)
+    gaze_target = np.stack([(eye_gaze[:, i] - lo) / span
+                            for i, (lo, span) in enumerate(EYE_GAZE_RANGE)], -1)
+    batch = {"source_mouth": jnp.zeros((2, 3)), "source_blink": jnp.zeros((2,)),
+             "source_emotion_onehot": jnp.asarray(onehot), "source_eye_gaze": jnp.asarray(eye_gaze),
+             "source_mouth_geometry": jnp.zeros((2, 2))}
+    for geometry, emo_start in ((0.0, 4), (1.0, 6)):
+        cfg = _config("", expression_dims=4, expression_squared=True,
+                      **{"loss.expression": 1.0, "loss.mouth_geometry": geometry,
+                         "loss.emotion": 1.0, "loss.gaze": 1.0, "model.dyn_dim": 16})
+        layout = anchor_layout(cfg)
+        assert layout["emotion"] == (emo_start, emo_start + NUM_EMOTIONS)
+        assert layout["gaze"] == (emo_start + NUM_EMOTIONS, emo_start + NUM_EMOTIONS + 2)
+        z = np.zeros((2, 16), np.float32)
+        z[:, emo_start:emo_start + NUM_EMOTIONS] = onehot
+        z[:, emo_start + NUM_EMOTIONS:emo_start + NUM_EMOTIONS + 2] = gaze_target
+        terms = motion_terms(cfg, {"source": {"z_dyn": jnp.asarray(z)}}, batch)
+        assert float(terms["emotion"]) == pytest.approx(0.0, abs=1e-10)
+        assert float(terms["gaze"]) == pytest.approx(0.0, abs=1e-10)
+        z[:, emo_start] += 0.1  # 0.01 over 2×5 values: mean 0.002, / unit 0.1 → 0.02
+        z[:, emo_start + NUM_EMOTIONS + 1] -= 0.2  # 0.04 over 2×2 values: 0.02 / 0.1 → 0.2
+        terms = motion_terms(cfg, {"source": {"z_dyn": jnp.asarray(z)}}, batch)
+        assert float(terms["emotion"]) == pytest.approx(0.02, rel=1e-5)
+        assert float(terms["gaze"]) == pytest.approx(0.2, rel=1e-5)
+    record = {"identity": 0, "emotion": 0, "mouth": np.zeros((3, 3)), "blink": 0,
+              "eye_gaze": np.zeros((3, 2)), "rotation": 0}
+    cfg = _config("", expression_dims=4, **{"loss.expression": 1.0, "loss.emotion": 1.0,
+                                            "loss.gaze": 1.0, "model.dyn_dim": 16})
+    assert "emotion_onehot" in stage1_factors(cfg, record)
+    check_motion_losses(cfg, record)
+    with pytest.raises(ConfigError, match="loss.emotion needs each clip's emotion"):
+        check_motion_losses(cfg, {k: v for k, v in record.items() if k != "emotion"})
+    with pytest.raises(ConfigError, match="loss.gaze needs per-frame eye-in-head gaze"):
+        check_motion_losses(cfg, {k: v for k, v in record.items() if k != "eye_gaze"})
+    small = _config("", expression_dims=4,
+                    **{"loss.expression": 1.0, "loss.emotion": 1.0, "model.dyn_dim": 8})
+    with pytest.raises(ConfigError, match=r"loss.emotion anchors z_dyn\[:, 4:9\] but "
+                                          r"model.dyn_dim=8"):
+        check_motion_losses(small, record)
+
+
 def test_mouth_geometry_loss_anchors_the_components_after_the_expression_values():
     """loss.mouth_geometry reads z_dyn[:, 4:6] when loss.expression anchors 4 values (else
     [:, :2]), against the (log half-width, half-opening) mapped by MOUTH_GEOMETRY_RANGE; a

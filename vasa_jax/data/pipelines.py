@@ -239,11 +239,22 @@ def _mouth_geometry(rec: dict, field: str, t: int) -> np.ndarray:
                           _scalar(rec["emotion"]))
 
 
+def _emotion_onehot(rec: dict, field: str, t: int) -> np.ndarray:
+    from vasa_jax.data.synthtalk.spec import EMOTIONS
+
+    code = np.zeros(len(EMOTIONS), np.float32)
+    code[_scalar(rec["emotion"])] = 1.0
+    return code
+
+
 # Per-frame fields a stage-1 example can carry that the records do not store, computed from
 # what they do: name → (the record fields it needs, (record, field, frame index) → value).
 # "mouth_geometry": float32 [2], the drawn mouth's (log half-width, half-opening) in head units
-# (SynthTalk records only).
-DERIVED_FACTORS = {"mouth_geometry": (("identity", "emotion", "mouth"), _mouth_geometry)}
+# (SynthTalk records only). "emotion_onehot": float32 [5], the record's emotion (one per clip)
+# as a one-hot over synthtalk.EMOTIONS, for the frame's own clip (so a driver from another
+# clip carries that clip's emotion).
+DERIVED_FACTORS = {"mouth_geometry": (("identity", "emotion", "mouth"), _mouth_geometry),
+                   "emotion_onehot": (("emotion",), _emotion_onehot)}
 
 
 class Stage1Example(grain.transforms.RandomMap):

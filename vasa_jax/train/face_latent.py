@@ -157,11 +157,22 @@ _SUPERVISION = (
      "loss.mouth_geometry needs the mouth's drawn half-width and half-opening, which this data "
      "set cannot give (SynthTalk computes them from its identities and mouth factors; real "
      "video needs a 3D face tracker): set --config.loss.mouth_geometry=0"),
+    (("emotion",), ("emotion_onehot",), ("source", "driver"),
+     "loss.emotion needs each clip's emotion label, which this data set lacks (SynthTalk has "
+     "it; real video needs an emotion recogniser's class probabilities): set "
+     "--config.loss.emotion=0"),
+    (("gaze",), ("eye_gaze",), ("source", "driver"),
+     "loss.gaze needs per-frame eye-in-head gaze angles, which this data set lacks (SynthTalk "
+     "has them; real video needs a gaze estimator): set --config.loss.gaze=0"),
 )
 # loss.mouth_geometry's targets: (log half-width, half-opening) in head units mapped to about
 # 0…1 (half-width 0.074…0.30 of the face's half-width, half-opening 0…0.144), the scale of the
 # expression values it sits beside in z_dyn.
 MOUTH_GEOMETRY_RANGE = ((-2.6, 1.4), (0.0, 0.144))
+# loss.gaze's targets: eye-in-head (yaw, pitch) in degrees mapped to 0…1 over (low, span); the
+# span covers SynthTalk's eye-rotation limits (±35°, ±25°) and a human eye's range.
+EYE_GAZE_RANGE = ((-35.0, 70.0), (-25.0, 50.0))
+NUM_EMOTIONS = 5  # synthtalk.EMOTIONS; loss.emotion anchors one z_dyn component to each
 
 
 def check_motion_losses(config, record: dict) -> None:
@@ -178,10 +189,10 @@ def check_motion_losses(config, record: dict) -> None:
               or all(present(f) for f in fields), message)
     if config.loss.get("expression", 0.0) > 0:
         expression_dims(config)
-    if config.loss.get("mouth_geometry", 0.0) > 0:
-        start, dyn = mouth_geometry_start(config), int(config.model.dyn_dim)
-        check(start + 2 <= dyn, f"loss.mouth_geometry anchors z_dyn[:, {start}:{start + 2}] but "
-              f"model.dyn_dim={dyn}: set --config.model.dyn_dim={start + 2} or more")
+    dyn = int(config.model.dyn_dim)
+    for name, (start, stop) in anchor_layout(config).items():
+        check(stop <= dyn, f"loss.{name} anchors z_dyn[:, {start}:{stop}] but "
+              f"model.dyn_dim={dyn}: set --config.model.dyn_dim={stop} or more")
     if config.loss.get("head_pose", 0.0) > 0:
         head_pose_scale(config)
     if config.loss.get("keypoints", 0.0) > 0:
@@ -193,13 +204,29 @@ def check_motion_losses(config, record: dict) -> None:
 
 
 # The loss.* terms motion_terms computes (what supervises the motion encoder alone).
-MOTION_LOSSES = ("head_pose", "head_position", "expression", "keypoints", "mouth_geometry")
+MOTION_LOSSES = ("head_pose", "head_position", "expression", "keypoints", "mouth_geometry",
+                 "emotion", "gaze")
 
 
-def mouth_geometry_start(config) -> int:
-    """The first of the two z_dyn components loss.mouth_geometry anchors: right after those
-    loss.expression anchors (0 when that is off)."""
-    return expression_dims(config) if config.loss.get("expression", 0.0) > 0 else 0
+def anchor_layout(config) -> dict[str, tuple[int, int]]:
+    """The z_dyn components each anchoring loss that is on reads, as (start, stop), packed from
+    0 in this order: loss.expression (2 or 4 values), loss.mouth_geometry (2), loss.emotion (one
+    per emotion, NUM_EMOTIONS), loss.gaze (2). The components after the last stay free."""
+    widths = (("expression", lambda: expression_dims(config)), ("mouth_geometry", lambda: 2),
+              ("emotion", lambda: NUM_EMOTIONS), ("gaze", lambda: 2))
+    layout, start = {}, 0
+    for name, width in widths:
+        if config.loss.get(name, 0.0) > 0:
+            layout[name] = (start, start + width())
+            start += width()
+    return layout
+
+
+def eye_gaze_target(eye_gaze: jax.Array) -> jax.Array:
+    """[B, 2] eye-in-head (yaw, pitch) in degrees → loss.gaze's targets (about 0…1)."""
+    lo = jnp.asarray([r[0] for r in EYE_GAZE_RANGE], jnp.float32)
+    span = jnp.asarray([r[1] for r in EYE_GAZE_RANGE], jnp.float32)
+    return (eye_gaze.astype(jnp.float32) - lo) / span
 
 
 def mouth_geometry_target(geometry: jax.Array) -> jax.Array:
@@ -222,8 +249,7 @@ def stage1_factors(config, record: dict) -> list[str]:
 
 
 def motion_terms(config, coded: dict, batch: dict) -> dict:
-    """The supervised motion losses that `config.loss` turns on (head_pose, head_position,
-    expression, keypoints), unweighted, over the frames in `coded`: role ("source", "driver", "other") →
+    """The supervised motion losses that `config.loss` turns on (MOTION_LOSSES), unweighted, over the frames in `coded`: role ("source", "driver", "other") →
     that frame's codes (at least z_pose and z_dyn); `batch` holds each role's truth as
     `<role>_<field>`. Shared by the train step and benchmarks/motion_encoder_curve.py."""
     w = config.loss
@@ -253,11 +279,16 @@ def motion_terms(config, coded: dict, batch: dict) -> dict:
               f"{landmarks.shape[1]} landmarks per frame: rebuild SynthTalk (builder 1.2.0 or "
               f"later) or set --config.keypoint_landmarks={landmarks.shape[1]}")
         terms["keypoints"] = losses.keypoint_loss(codes("keypoints"), landmarks[:, :n])
-    if w.get("mouth_geometry", 0.0) > 0:
-        start = mouth_geometry_start(config)
-        terms["mouth_geometry"] = losses.expression_loss(
-            codes("z_dyn")[:, start:], mouth_geometry_target(truth("mouth_geometry")),
-            squared=config.get("expression_squared", False))
+    layout = anchor_layout(config)
+    targets = {"mouth_geometry": lambda: mouth_geometry_target(truth("mouth_geometry")),
+               "emotion": lambda: truth("emotion_onehot").astype(jnp.float32),
+               "gaze": lambda: eye_gaze_target(truth("eye_gaze"))}
+    for name, target in targets.items():
+        if name in layout:
+            start = layout[name][0]
+            terms[name] = losses.expression_loss(
+                codes("z_dyn")[:, start:], target(),
+                squared=config.get("expression_squared", False))
     return terms
 
 
