@@ -160,6 +160,8 @@ def main():
     for clips in (train_clips, test_clips):  # per-frame (log half-width, half-opening)
         for clip in clips:
             clip["mouth_geometry"] = mouth_geometry([clip])[0][:, :2]
+    labels = [np.concatenate([np.full(len(c["frames"]), int(c["emotion"])) for c in clips])
+              for clips in (train_clips, test_clips)]  # per frame, for the emotion probe
     probes = {"rotation": ("z_pose", "rotation"), "mouth": ("z_dyn", "mouth"),
               "blink": ("z_dyn", "blink"), "gaze": ("z_dyn", "eye_gaze"),
               "mouth_geometry": ("z_dyn", "mouth_geometry")}
@@ -179,8 +181,6 @@ def main():
             out[f"{name}_r2_per_dim"] = [round(v, 4) for v in r["r2_per_dim"]]
         # The clip's emotion from z_dyn: the evaluation's linear classifier (chance: the most
         # common label's share of the test frames).
-        labels = [np.concatenate([np.full(len(c["frames"]), int(c["emotion"])) for c in clips])
-                  for clips in (train_clips, test_clips)]
         out["emotion_accuracy"] = round(probe_accuracy(
             np.concatenate([c["z_dyn"] for c in tr]), labels[0],
             np.concatenate([c["z_dyn"] for c in te]), labels[1]), 4)

@@ -21,6 +21,7 @@ import optax
 from flax import nnx
 from vasa_jax import losses, sharding
 from vasa_jax.checkpoint import Checkpointer
+from vasa_jax.data.synthtalk.spec import EMOTIONS
 from vasa_jax.errors import check
 from vasa_jax.models.discriminator import MultiScaleDiscriminator
 from vasa_jax.models.face import build_model, input_size, output_view
@@ -172,7 +173,7 @@ MOUTH_GEOMETRY_RANGE = ((-2.6, 1.4), (0.0, 0.144))
 # loss.gaze's targets: eye-in-head (yaw, pitch) in degrees mapped to 0…1 over (low, span); the
 # span covers SynthTalk's eye-rotation limits (±35°, ±25°) and a human eye's range.
 EYE_GAZE_RANGE = ((-35.0, 70.0), (-25.0, 50.0))
-NUM_EMOTIONS = 5  # synthtalk.EMOTIONS; loss.emotion anchors one z_dyn component to each
+NUM_EMOTIONS = len(EMOTIONS)  # loss.emotion anchors one z_dyn component to each
 
 
 def check_motion_losses(config, record: dict) -> None:
@@ -222,18 +223,12 @@ def anchor_layout(config) -> dict[str, tuple[int, int]]:
     return layout
 
 
-def eye_gaze_target(eye_gaze: jax.Array) -> jax.Array:
-    """[B, 2] eye-in-head (yaw, pitch) in degrees → loss.gaze's targets (about 0…1)."""
-    lo = jnp.asarray([r[0] for r in EYE_GAZE_RANGE], jnp.float32)
-    span = jnp.asarray([r[1] for r in EYE_GAZE_RANGE], jnp.float32)
-    return (eye_gaze.astype(jnp.float32) - lo) / span
-
-
-def mouth_geometry_target(geometry: jax.Array) -> jax.Array:
-    """[B, 2] (log half-width, half-opening) → loss.mouth_geometry's targets (about 0…1)."""
-    lo = jnp.asarray([r[0] for r in MOUTH_GEOMETRY_RANGE], jnp.float32)
-    span = jnp.asarray([r[1] for r in MOUTH_GEOMETRY_RANGE], jnp.float32)
-    return (geometry.astype(jnp.float32) - lo) / span
+def to_unit_range(values: jax.Array, ranges) -> jax.Array:
+    """[B, K] measurements → an anchoring loss's targets (about 0…1), per column (value − low)
+    / span over `ranges` ((low, span) × K: MOUTH_GEOMETRY_RANGE, EYE_GAZE_RANGE)."""
+    lo = jnp.asarray([r[0] for r in ranges], jnp.float32)
+    span = jnp.asarray([r[1] for r in ranges], jnp.float32)
+    return (values.astype(jnp.float32) - lo) / span
 
 
 def stage1_factors(config, record: dict) -> list[str]:
@@ -249,8 +244,8 @@ def stage1_factors(config, record: dict) -> list[str]:
 
 
 def motion_terms(config, coded: dict, batch: dict) -> dict:
-    """The supervised motion losses that `config.loss` turns on (MOTION_LOSSES), unweighted, over the frames in `coded`: role ("source", "driver", "other") →
-    that frame's codes (at least z_pose and z_dyn); `batch` holds each role's truth as
+    """The supervised motion losses that `config.loss` turns on (MOTION_LOSSES), unweighted,
+    over the frames in `coded`: role ("source", "driver", "other") → that frame's codes (at least z_pose and z_dyn); `batch` holds each role's truth as
     `<role>_<field>`. Shared by the train step and benchmarks/motion_encoder_curve.py."""
     w = config.loss
     terms = {}
@@ -280,9 +275,10 @@ def motion_terms(config, coded: dict, batch: dict) -> dict:
               f"later) or set --config.keypoint_landmarks={landmarks.shape[1]}")
         terms["keypoints"] = losses.keypoint_loss(codes("keypoints"), landmarks[:, :n])
     layout = anchor_layout(config)
-    targets = {"mouth_geometry": lambda: mouth_geometry_target(truth("mouth_geometry")),
-               "emotion": lambda: truth("emotion_onehot").astype(jnp.float32),
-               "gaze": lambda: eye_gaze_target(truth("eye_gaze"))}
+    targets = {
+        "mouth_geometry": lambda: to_unit_range(truth("mouth_geometry"), MOUTH_GEOMETRY_RANGE),
+        "emotion": lambda: truth("emotion_onehot").astype(jnp.float32),
+        "gaze": lambda: to_unit_range(truth("eye_gaze"), EYE_GAZE_RANGE)}
     for name, target in targets.items():
         if name in layout:
             start = layout[name][0]
